@@ -1,0 +1,26 @@
+"""swav: self-supervised visual representation learning with SwAV.
+
+Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments",
+NeurIPS 2020. The library follows the paper's data flow:
+data (multi-crop) -> model (backbone, projection head, prototypes) -> objective (queue, Sinkhorn
+codes, swapped prediction) -> engine (training) -> eval -> interop.
+"""
+
+from swav.data.multicrop import MultiCrop, MultiCropConfig
+from swav.model import MultiPrototypes, Prototypes, SwAV, build_backbone, build_model
+from swav.objective import FeatureQueue, sinkhorn, swapped_prediction_loss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "sinkhorn",
+    "swapped_prediction_loss",
+    "FeatureQueue",
+    "Prototypes",
+    "MultiPrototypes",
+    "SwAV",
+    "build_model",
+    "build_backbone",
+    "MultiCrop",
+    "MultiCropConfig",
+]

@@ -1,0 +1,185 @@
+"""Convolutional trunks by name.
+
+The ResNets here use torchvision's parameter names (``conv1``, ``bn1``, ``layer1`` ... ``layer4``,
+``downsample.0/1``) so that released SwAV files and torchvision state dicts load without renaming.
+Unlike ``torchvision.models.wide_resnet50_2``, the wide variants of the SwAV paper
+(RN50-w2/w4/w5) multiply *every* width, the stem included, so their features are 2048 x w.
+A small-image stem (3x3 conv, stride 1, no max-pool) suits 32-64 px data such as CIFAR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample=None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """ResNet v1.5 bottleneck (stride on the 3x3 conv), as in torchvision and the SwAV release."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample=None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """ResNet trunk returning global-average-pooled features (no classifier).
+
+    Args:
+        block: ``BasicBlock`` or ``Bottleneck``.
+        layers: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
+        widen: width multiplier of the SwAV paper's wide ResNets (1, 2, 4, 5).
+        small_stem: 3x3 stride-1 first conv and no max-pool, for 32-64 px images.
+        zero_init_residual: start every residual branch at zero (last BN gamma = 0).
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, int, int, int],
+        widen: int = 1,
+        small_stem: bool = False,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        width = 64 * widen
+        self.inplanes = width
+        if small_stem:
+            self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if small_stem else nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._make_layer(block, width, layers[0], 1)
+        self.layer2 = self._make_layer(block, width * 2, layers[1], 2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], 2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = width * 8 * block.expansion
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Feature maps of the stem and of the four stages (for per-stage probes)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outs = [x]
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            outs.append(x)
+        return outs
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+
+_SPECS: dict[str, tuple[type, tuple[int, int, int, int], int]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2), 1),
+    "resnet34": (BasicBlock, (3, 4, 6, 3), 1),
+    "resnet50": (Bottleneck, (3, 4, 6, 3), 1),
+    "resnet101": (Bottleneck, (3, 4, 23, 3), 1),
+    "resnet152": (Bottleneck, (3, 8, 36, 3), 1),
+    "resnet50w2": (Bottleneck, (3, 4, 6, 3), 2),
+    "resnet50w4": (Bottleneck, (3, 4, 6, 3), 4),
+    "resnet50w5": (Bottleneck, (3, 4, 6, 3), 5),
+}
+
+BACKBONES: tuple[str, ...] = tuple(_SPECS)
+
+
+def _timm_backbone(name: str) -> nn.Module:
+    try:
+        import timm
+    except ImportError as e:  # pragma: no cover - depends on the optional extra
+        raise ImportError(
+            f"backbone {name!r} needs timm: pip install 'swav[timm]' (or pip install timm)"
+        ) from e
+    model = timm.create_model(name, pretrained=False, num_classes=0)
+    model.num_features = int(model.num_features)
+    return model
+
+
+def build_backbone(
+    name: str, small_stem: bool = False, zero_init_residual: bool = False
+) -> nn.Module:
+    """A trunk by name: one of ``BACKBONES``, or ``timm:<model>`` for any timm model.
+
+    The returned module maps images to pooled features and has ``num_features``.
+    """
+    if name.startswith("timm:"):
+        return _timm_backbone(name[len("timm:") :])
+    if name not in _SPECS:
+        raise ValueError(
+            f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} or 'timm:<name>'"
+        )
+    block, layers, widen = _SPECS[name]
+    return ResNet(block, layers, widen, small_stem, zero_init_residual)
+
+
+def resnet_spec(name: str) -> tuple[str, int, int]:
+    """(block name, widen, feature dim) of a named ResNet."""
+    block, _, widen = _SPECS[name]
+    return block.__name__, widen, 512 * widen * block.expansion
+
+
+BackboneFactory = Callable[..., nn.Module]
