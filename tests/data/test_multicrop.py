@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from swav.data.multicrop import MultiCrop, MultiCropConfig, sample_crop_box
+
+
+def image(h=120, w=160):
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def test_shapes_and_groups():
+    mc = MultiCrop(n_crops=[2, 3], sizes=[48, 24], min_scale=[0.3, 0.1], max_scale=[1, 0.3])
+    crops = mc(image())
+    assert len(crops) == 5
+    assert [tuple(c.shape) for c in crops] == [(3, 48, 48)] * 2 + [(3, 24, 24)] * 3
+    assert mc.groups == [(2, 48), (3, 24)]
+    assert all(c.dtype == torch.float32 for c in crops)
+
+
+def test_reproducible_from_seed():
+    mc = MultiCrop(n_crops=[2, 2], sizes=[32, 16], min_scale=[0.2, 0.05], max_scale=[1, 0.2])
+    a = mc(image(), torch.Generator().manual_seed(5))
+    b = mc(image(), torch.Generator().manual_seed(5))
+    c = mc(image(), torch.Generator().manual_seed(6))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+@pytest.mark.parametrize("scale", [(0.05, 0.14), (0.14, 1.0), (0.5, 0.5)])
+def test_crop_boxes_respect_scale_bounds(scale):
+    g = torch.Generator().manual_seed(0)
+    h, w = 375, 500
+    for _ in range(500):
+        top, left, ch, cw = sample_crop_box(h, w, scale, generator=g)
+        assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w
+        frac = ch * cw / (h * w)
+        # rounding of h and w to integers moves the area by at most about one row/column
+        slack = (ch + cw + 1) / (h * w)
+        assert scale[0] - slack <= frac <= scale[1] + slack
+        assert 3 / 4 - 0.02 <= cw / ch <= 4 / 3 + 0.02
+
+
+def test_parameters_reach_the_transform(monkeypatch):
+    seen = []
+    import swav.data.multicrop as m
+
+    real = m.sample_crop_box
+
+    def spy(h, w, scale, ratio=(3 / 4, 4 / 3), generator=None):
+        seen.append(scale)
+        return real(h, w, scale, ratio, generator)
+
+    monkeypatch.setattr(m, "sample_crop_box", spy)
+    MultiCrop(n_crops=[1, 2], sizes=[32, 16], min_scale=[0.3, 0.07], max_scale=[0.9, 0.2])(
+        image()
+    )
+    assert seen == [(0.3, 0.9), (0.07, 0.2), (0.07, 0.2)]
+
+
+def test_normalisation_and_no_augmentation():
+    # all photometric probabilities at zero, full-image crops: output = normalised resize
+    mc = MultiCrop(
+        n_crops=[1], sizes=[40], min_scale=[1.0], max_scale=[1.0], flip_prob=0, jitter_prob=0,
+        grayscale_prob=0, blur_prob=0, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25],
+    )
+    img = Image.new("RGB", (40, 40), (255, 0, 128))
+    out = mc(img)[0]
+    assert torch.allclose(out[0], torch.full((40, 40), 2.0))
+    assert torch.allclose(out[1], torch.full((40, 40), -2.0))
+
+
+def test_grayscale_always():
+    mc = MultiCrop(n_crops=[1], sizes=[16], min_scale=[0.5], max_scale=[1], grayscale_prob=1,
+                   jitter_prob=0, blur_prob=0, mean=[0, 0, 0], std=[1, 1, 1])
+    out = mc(image())[0]
+    assert torch.allclose(out[0], out[1]) and torch.allclose(out[1], out[2])
+
+
+def test_small_images_are_upscaled():
+    out = MultiCrop(n_crops=[2], sizes=[64], min_scale=[0.5], max_scale=[1])(image(8, 8))
+    assert out[0].shape == (3, 64, 64)
+
+
+def test_invalid_config():
+    with pytest.raises(ValueError, match="min_scale"):
+        MultiCrop(n_crops=[2, 6], sizes=[224, 96], min_scale=[0.14], max_scale=[1, 0.14])
+    with pytest.raises(ValueError, match="scale bounds"):
+        MultiCropConfig(n_crops=[1], sizes=[8], min_scale=[0.5], max_scale=[0.2]).validate()
