@@ -54,17 +54,23 @@ def test_parameters_reach_the_transform(monkeypatch):
         return real(h, w, scale, ratio, generator)
 
     monkeypatch.setattr(m, "sample_crop_box", spy)
-    MultiCrop(n_crops=[1, 2], sizes=[32, 16], min_scale=[0.3, 0.07], max_scale=[0.9, 0.2])(
-        image()
-    )
+    MultiCrop(n_crops=[1, 2], sizes=[32, 16], min_scale=[0.3, 0.07], max_scale=[0.9, 0.2])(image())
     assert seen == [(0.3, 0.9), (0.07, 0.2), (0.07, 0.2)]
 
 
 def test_normalisation_and_no_augmentation():
     # all photometric probabilities at zero, full-image crops: output = normalised resize
     mc = MultiCrop(
-        n_crops=[1], sizes=[40], min_scale=[1.0], max_scale=[1.0], flip_prob=0, jitter_prob=0,
-        grayscale_prob=0, blur_prob=0, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25],
+        n_crops=[1],
+        sizes=[40],
+        min_scale=[1.0],
+        max_scale=[1.0],
+        flip_prob=0,
+        jitter_prob=0,
+        grayscale_prob=0,
+        blur_prob=0,
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
     )
     img = Image.new("RGB", (40, 40), (255, 0, 128))
     out = mc(img)[0]
@@ -73,8 +79,17 @@ def test_normalisation_and_no_augmentation():
 
 
 def test_grayscale_always():
-    mc = MultiCrop(n_crops=[1], sizes=[16], min_scale=[0.5], max_scale=[1], grayscale_prob=1,
-                   jitter_prob=0, blur_prob=0, mean=[0, 0, 0], std=[1, 1, 1])
+    mc = MultiCrop(
+        n_crops=[1],
+        sizes=[16],
+        min_scale=[0.5],
+        max_scale=[1],
+        grayscale_prob=1,
+        jitter_prob=0,
+        blur_prob=0,
+        mean=[0, 0, 0],
+        std=[1, 1, 1],
+    )
     out = mc(image())[0]
     assert torch.allclose(out[0], out[1]) and torch.allclose(out[1], out[2])
 

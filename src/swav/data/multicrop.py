@@ -38,17 +38,29 @@ class MultiCropConfig:
     """
 
     n_crops: list[int] = field(default_factory=lambda: [2, 6])
+    """Crops per resolution group: the paper's 2 large + 6 small."""
     sizes: list[int] = field(default_factory=lambda: [224, 96])
+    """Crop size in pixels per group."""
     min_scale: list[float] = field(default_factory=lambda: [0.14, 0.05])
+    """Smallest fraction of the image area a crop covers, per group."""
     max_scale: list[float] = field(default_factory=lambda: [1.0, 0.14])
+    """Largest fraction of the image area a crop covers, per group."""
     flip_prob: float = 0.5
+    """Probability of a horizontal flip."""
     jitter: list[float] = field(default_factory=lambda: [0.8, 0.8, 0.8, 0.2])
+    """Colour jitter (brightness, contrast, saturation, hue) ranges, strength included."""
     jitter_prob: float = 0.8
+    """Probability of applying the colour jitter (in random order of its four parts)."""
     grayscale_prob: float = 0.2
+    """Probability of converting a crop to greyscale."""
     blur_prob: float = 0.5
+    """Probability of a Gaussian blur (on every crop, as the reference implementation)."""
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    """Range of the blur's sigma in pixels of the crop, drawn uniformly."""
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    """Per-channel mean subtracted after augmentation."""
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    """Per-channel standard deviation divided by after augmentation."""
 
     def validate(self) -> None:
         groups = len(self.n_crops)
@@ -196,7 +208,9 @@ class MultiCrop:
     ) -> Tensor:
         """One crop of ``size`` px from a 3 x H x W uint8 tensor."""
         cfg = self.config
-        top, left, h, w = sample_crop_box(src.shape[1], src.shape[2], tuple(scale), generator=generator)
+        top, left, h, w = sample_crop_box(
+            src.shape[1], src.shape[2], tuple(scale), generator=generator
+        )
         crop = TF.resized_crop(src, top, left, h, w, [size, size], antialias=True)
         u = torch.rand(5, generator=generator).tolist()
         if u[0] < cfg.flip_prob:

@@ -9,8 +9,6 @@ A small-image stem (3x3 conv, stride 1, no max-pool) suits 32-64 px data such as
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
@@ -67,6 +65,7 @@ class ResNet(nn.Module):
         widen: width multiplier of the SwAV paper's wide ResNets (1, 2, 4, 5).
         small_stem: 3x3 stride-1 first conv and no max-pool, for 32-64 px images.
         zero_init_residual: start every residual branch at zero (last BN gamma = 0).
+        base_width: channels of the stem and the first stage (64 for the standard ResNets).
     """
 
     def __init__(
@@ -76,9 +75,10 @@ class ResNet(nn.Module):
         widen: int = 1,
         small_stem: bool = False,
         zero_init_residual: bool = False,
+        base_width: int = 64,
     ) -> None:
         super().__init__()
-        width = 64 * widen
+        width = base_width * widen
         self.inplanes = width
         if small_stem:
             self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
@@ -133,15 +133,18 @@ class ResNet(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
-_SPECS: dict[str, tuple[type, tuple[int, int, int, int], int]] = {
-    "resnet18": (BasicBlock, (2, 2, 2, 2), 1),
-    "resnet34": (BasicBlock, (3, 4, 6, 3), 1),
-    "resnet50": (Bottleneck, (3, 4, 6, 3), 1),
-    "resnet101": (Bottleneck, (3, 4, 23, 3), 1),
-    "resnet152": (Bottleneck, (3, 8, 36, 3), 1),
-    "resnet50w2": (Bottleneck, (3, 4, 6, 3), 2),
-    "resnet50w4": (Bottleneck, (3, 4, 6, 3), 4),
-    "resnet50w5": (Bottleneck, (3, 4, 6, 3), 5),
+_SPECS: dict[str, tuple[type, tuple[int, int, int, int], int, int]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2), 1, 64),
+    "resnet34": (BasicBlock, (3, 4, 6, 3), 1, 64),
+    "resnet50": (Bottleneck, (3, 4, 6, 3), 1, 64),
+    "resnet101": (Bottleneck, (3, 4, 23, 3), 1, 64),
+    "resnet152": (Bottleneck, (3, 8, 36, 3), 1, 64),
+    "resnet50w2": (Bottleneck, (3, 4, 6, 3), 2, 64),
+    "resnet50w4": (Bottleneck, (3, 4, 6, 3), 4, 64),
+    "resnet50w5": (Bottleneck, (3, 4, 6, 3), 5, 64),
+    # narrow trunks for small data on a CPU (same key names as resnet18)
+    "resnet18_half": (BasicBlock, (2, 2, 2, 2), 1, 32),
+    "resnet_tiny": (BasicBlock, (1, 1, 1, 1), 1, 32),
 }
 
 BACKBONES: tuple[str, ...] = tuple(_SPECS)
@@ -172,14 +175,10 @@ def build_backbone(
         raise ValueError(
             f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} or 'timm:<name>'"
         )
-    block, layers, widen = _SPECS[name]
-    return ResNet(block, layers, widen, small_stem, zero_init_residual)
+    block, layers, widen, base = _SPECS[name]
+    return ResNet(block, layers, widen, small_stem, zero_init_residual, base)
 
 
-def resnet_spec(name: str) -> tuple[str, int, int]:
-    """(block name, widen, feature dim) of a named ResNet."""
-    block, _, widen = _SPECS[name]
-    return block.__name__, widen, 512 * widen * block.expansion
-
-
-BackboneFactory = Callable[..., nn.Module]
+def resnet_spec(name: str) -> tuple[type, tuple[int, int, int, int], int, int]:
+    """(block class, blocks per stage, widen, base width) of a named ResNet."""
+    return _SPECS[name]

@@ -114,8 +114,9 @@ def _drop_backbone_prefix(module, state_dict, prefix, local_metadata) -> None:
         state_dict[prefix + key[len(inner) :] if key.startswith(inner) else key] = value
 
 
-def _add_backbone_prefix(module, state_dict, prefix, local_metadata, strict, missing, unexpected,
-                         errors) -> None:
+def _add_backbone_prefix(
+    module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+) -> None:
     own = ("projection_head.", "prototypes.", _BACKBONE)
     for key in [k for k in state_dict if k.startswith(prefix)]:
         rest = key[len(prefix) :]

@@ -1,0 +1,410 @@
+"""Typed configuration: dataclasses, YAML presets and ``key=value`` overrides, validated up front.
+
+A configuration is built as: defaults -> preset (``configs/<name>.yaml`` inside the package, or a
+YAML path) -> ``section.key=value`` overrides. Unknown keys and bad values are refused before any
+data is read or any model is built, with the key and the allowed values in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from swav.data.multicrop import MultiCropConfig
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"
+    """Images to train on: a folder (ImageFolder tree or any-depth folder of images), a .tar /
+    .tar.gz archive, 'digits' (scikit-learn's bundled handwritten digits, offline), or
+    'cifar10' / 'cifar100' / 'stl10' (torchvision; downloads only with data.download=true)."""
+    split: str = "train"
+    """Sub-folder of a folder or archive to read (e.g. 'train'); '' reads everything."""
+    eval_split: str = "test"
+    """Held-out split for evaluation after training (e.g. 'test', 'val')."""
+    root: str = "~/.cache/swav/datasets"
+    """Where torchvision datasets are stored (and downloaded to, if asked)."""
+    download: bool = False
+    """Allow torchvision datasets to download. Never needed for folders, archives or 'digits'."""
+    limit: int = 0
+    """Use only the first N images of a fixed random permutation (0: all)."""
+    workers: int = 2
+    """DataLoader worker processes (0: load in the main process)."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50"
+    """Backbone: resnet18/34/50/101/152, resnet50w2/w4/w5 (the paper's wide ResNets),
+    resnet18_half / resnet_tiny (narrow ResNets for small data), or timm:<name>."""
+    small_stem: bool = False
+    """3x3 stride-1 first conv and no max-pool: use it for 32-64 px images (CIFAR, digits)."""
+    hidden_mlp: int = 2048
+    """Hidden width of the projection head; 0 gives a single linear layer."""
+    output_dim: int = 128
+    """Embedding (feature) dimension of the prototypes; 0 means no projection head."""
+    n_prototypes: list[int] = field(default_factory=lambda: [3000])
+    """K per prototype head. The paper uses 3000 on ImageNet and finds K matters little as long
+    as it is well above the number of classes; use ~10x the expected classes on small data."""
+
+
+@dataclass
+class SwAVConfig:
+    epsilon: float = 0.05
+    """Sinkhorn entropy regularisation. The paper's 0.05 is a good default; a larger value makes
+    codes uniform (the loss then sticks at ln K), smaller values give harder assignments and
+    need fp32 (which is always used here)."""
+    sinkhorn_iterations: int = 3
+    """Sinkhorn-Knopp iterations; 3 suffices."""
+    temperature: float = 0.1
+    """Softmax temperature tau of the swapped prediction."""
+    crops_for_assign: list[int] = field(default_factory=lambda: [0, 1])
+    """Crops whose codes are targets: the large crops (codes from small crops hurt)."""
+    queue_length: int = 0
+    """Global number of past embeddings per assigned crop (0: no queue). Needed when the batch is
+    small compared with K (batch < ~K/2); the paper uses 3840 at batch 256. Must be a multiple of
+    the global batch size."""
+    epoch_queue_starts: int = 15
+    """Epoch at which the queue starts filling: early embeddings change too fast to be useful,
+    and a queue started too early can make training unstable."""
+    freeze_prototypes_niters: int = 313
+    """Iterations during which the prototypes do not move (their gradients are dropped). It
+    helps the first steps, when the assignments are random; raise it if the loss sticks at ln K."""
+    global_sinkhorn: bool = True
+    """In distributed training, equipartition over the global batch (all ranks)."""
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "lars"
+    """lars (SGD + LARS, the reference), sgd, or adamw."""
+    base_lr: float = 4.8
+    """Peak learning rate (reached after warmup)."""
+    final_lr: float = 0.0048
+    """Learning rate at the end of the cosine schedule."""
+    warmup_epochs: float = 10
+    """Linear warmup length in epochs (0: none)."""
+    start_warmup: float = 0.3
+    """Learning rate at the first warmup iteration."""
+    scale_lr: bool = False
+    """Linear scaling rule: multiply base_lr, final_lr and start_warmup by global batch / 256."""
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    lars_eta: float = 0.001
+    """LARS trust coefficient (no clipping, as in the reference)."""
+    lars_exclude_bias_norm: bool = False
+    """Skip LARS adaptation and weight decay for biases and normalisation parameters (the
+    reference applies LARS to every parameter)."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    """Images per process (the global batch is batch_size x world size)."""
+    precision: str = "auto"
+    """auto (bf16 where supported, else fp32), bf16, fp16 (CUDA only, with a gradient scaler) or
+    fp32. Sinkhorn and the loss always run in fp32."""
+    channels_last: bool = True
+    """NHWC memory format for the backbone (faster convolutions on CPU and tensor cores)."""
+    compile: bool = False
+    """torch.compile the backbone (slow first steps; measure before turning it on)."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
+    seed: int = 0
+    deterministic: bool = False
+    """Deterministic kernels (bitwise-reproducible runs and resumes on CPU; slower)."""
+    sync_bn: bool = True
+    """SyncBatchNorm across processes in distributed CUDA training."""
+    iters_per_epoch: int = 0
+    """Cap on iterations per epoch (0: the whole dataset); handy for quick trials."""
+    log_every: int = 10
+    """Iterations between log lines and host syncs (loss, entropy, prototypes in use)."""
+    save_every: int = 0
+    """Keep a copy of the checkpoint every N epochs in checkpoints/ (0: only the latest)."""
+    collapse_patience: int = 200
+    """Warn when the loss stays within 1% of ln K for this many iterations after the
+    prototypes are unfrozen."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    multicrop: MultiCropConfig = field(default_factory=MultiCropConfig)
+    swav: SwAVConfig = field(default_factory=SwAVConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run_dir: str = "runs/swav"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that define a run (not of run-length or logistics settings)."""
+        d = self.to_dict()
+        for key in ("epochs", "log_every", "save_every", "device", "iters_per_epoch"):
+            d["train"].pop(key)
+        for key in ("workers", "root", "download", "eval_split"):
+            d["data"].pop(key)
+        d.pop("run_dir")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used; the message says what to change."""
+
+
+SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _field_types(obj) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(obj))
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: cannot use {value!r} as {tp}")
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            value = [value]
+        return [_coerce(v, inner, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            f = float(value)
+        except ValueError as e:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from e
+        if not f.is_integer():
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from e
+    if tp is str:
+        if isinstance(value, dict | list):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _set(cfg: Config, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if parts[0] == "run_dir" and len(parts) == 1:
+        cfg.run_dir = _coerce(value, str, dotted)
+        return
+    if len(parts) != 2 or parts[0] not in SECTIONS or parts[0] == "run_dir":
+        raise ConfigError(
+            f"unknown configuration key {dotted!r}; keys look like section.key with section in "
+            f"{', '.join(s for s in SECTIONS if s != 'run_dir')} (or run_dir)"
+        )
+    section = getattr(cfg, parts[0])
+    types_ = _field_types(section)
+    if parts[1] not in types_:
+        raise ConfigError(
+            f"unknown configuration key {dotted!r}; {parts[0]} has: {', '.join(types_)}"
+        )
+    setattr(section, parts[1], _coerce(value, types_[parts[1]], dotted))
+
+
+def _apply_mapping(cfg: Config, mapping: dict[str, Any], origin: str) -> None:
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(mapping).__name__}")
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                _set(cfg, f"{key}.{sub}", v)
+        else:
+            _set(cfg, key, value)
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"no preset {name_or_path!r}: choose one of {', '.join(presets())} or a YAML file path"
+        )
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def build_config(
+    preset: str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Config:
+    """Defaults, then a preset, then overrides; validated (see ``validate``)."""
+    cfg = Config()
+    if preset:
+        _apply_mapping(cfg, load_preset(preset), f"preset {preset}")
+    if isinstance(overrides, dict):
+        for k, v in overrides.items():
+            _set(cfg, k, v)
+    else:
+        for text in overrides or []:
+            _set(cfg, *parse_override(text))
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any]) -> Config:
+    cfg = Config()
+    _apply_mapping(cfg, d, "configuration")
+    return cfg
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) -> None:
+    """Refuse settings that cannot train, naming the key and what is allowed."""
+    o, t, s, m = cfg.optim, cfg.train, cfg.swav, cfg.model
+    for key in ("base_lr", "final_lr", "start_warmup"):
+        v = getattr(o, key)
+        _check(math.isfinite(v) and v >= 0, f"optim.{key}", f"must be >= 0, got {v}")
+    _check(o.base_lr > 0, "optim.base_lr", f"must be > 0, got {o.base_lr}")
+    _check(
+        o.optimizer in ("lars", "sgd", "adamw"),
+        "optim.optimizer",
+        f"must be one of lars, sgd, adamw; got {o.optimizer!r}",
+    )
+    _check(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    _check(o.warmup_epochs >= 0, "optim.warmup_epochs", f"must be >= 0, got {o.warmup_epochs}")
+    _check(o.lars_eta > 0, "optim.lars_eta", f"must be > 0, got {o.lars_eta}")
+    _check(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
+    _check(t.batch_size >= 2, "train.batch_size", f"must be >= 2, got {t.batch_size}")
+    _check(
+        t.precision in ("auto", "bf16", "fp16", "fp32"),
+        "train.precision",
+        f"must be one of auto, bf16, fp16, fp32; got {t.precision!r}",
+    )
+    _check(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
+    _check(t.iters_per_epoch >= 0, "train.iters_per_epoch", "must be >= 0")
+    _check(t.save_every >= 0, "train.save_every", "must be >= 0")
+    _check(t.collapse_patience >= 1, "train.collapse_patience", "must be >= 1")
+    _check(cfg.data.workers >= 0, "data.workers", f"must be >= 0, got {cfg.data.workers}")
+    _check(cfg.data.limit >= 0, "data.limit", f"must be >= 0, got {cfg.data.limit}")
+    _check(
+        bool(m.n_prototypes) and all(k >= 1 for k in m.n_prototypes),
+        "model.n_prototypes",
+        f"must be a list of positive integers, got {m.n_prototypes}",
+    )
+    _check(m.hidden_mlp >= 0 and m.output_dim >= 0, "model.hidden_mlp/output_dim", "must be >= 0")
+    _check(s.epsilon > 0, "swav.epsilon", f"must be > 0, got {s.epsilon}")
+    _check(s.temperature > 0, "swav.temperature", f"must be > 0, got {s.temperature}")
+    _check(s.sinkhorn_iterations >= 1, "swav.sinkhorn_iterations", "must be >= 1")
+    _check(s.freeze_prototypes_niters >= 0, "swav.freeze_prototypes_niters", "must be >= 0")
+    _check(s.epoch_queue_starts >= 0, "swav.epoch_queue_starts", "must be >= 0")
+    try:
+        cfg.multicrop.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    n_crops = cfg.multicrop.total_crops
+    _check(n_crops >= 2, "multicrop.n_crops", f"need at least 2 crops in all, got {n_crops}")
+    _check(
+        bool(s.crops_for_assign)
+        and all(0 <= i < n_crops for i in s.crops_for_assign)
+        and len(set(s.crops_for_assign)) == len(s.crops_for_assign),
+        "swav.crops_for_assign",
+        f"must be distinct crop indices in 0..{n_crops - 1}, got {s.crops_for_assign}",
+    )
+    global_batch = t.batch_size * world_size
+    if s.queue_length:
+        _check(
+            s.queue_length > 0 and s.queue_length % global_batch == 0,
+            "swav.queue_length",
+            f"must be a positive multiple of the global batch size {global_batch} "
+            f"(e.g. {global_batch * max(1, round(s.queue_length / global_batch))}), "
+            f"got {s.queue_length}",
+        )
+    if dataset_size is not None:
+        _check(
+            dataset_size >= global_batch,
+            "train.batch_size",
+            f"the global batch ({global_batch}) is larger than the dataset ({dataset_size} "
+            f"images); use at most {dataset_size // world_size} per process",
+        )
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def describe_options() -> list[tuple[str, str, str]]:
+    """(key, default, help) for every option, from the dataclass fields and their docstrings."""
+    import ast
+    import inspect
+
+    rows = []
+    for section, f in SECTIONS.items():
+        if section == "run_dir":
+            rows.append(("run_dir", "runs/swav", "Run directory: config, checkpoints, metrics."))
+            continue
+        cls = f.default_factory
+        docs: dict[str, str] = {}
+        try:
+            tree = ast.parse(inspect.getsource(cls))
+            body = tree.body[0].body
+            for a, b in zip(body, body[1:]):
+                if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr):
+                    if isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
+                        docs[a.target.id] = " ".join(b.value.value.split())
+        except (OSError, TypeError, SyntaxError):
+            pass
+        inst = cls()
+        for sub in dataclasses.fields(inst):
+            rows.append(
+                (f"{section}.{sub.name}", repr(getattr(inst, sub.name)), docs.get(sub.name, ""))
+            )
+    return rows

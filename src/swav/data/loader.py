@@ -1,0 +1,131 @@
+"""From a source to batches of multi-crops, deterministically and robustly.
+
+Each sample's augmentation is drawn from its own generator, seeded by (run seed, epoch, index),
+so a batch is the same whatever the number of workers, and a resumed run sees exactly the crops
+an uninterrupted run would have seen. Images that fail to decode are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from swav.data.multicrop import MultiCrop
+from swav.data.sources import ImageSource, load_rgb
+
+log = logging.getLogger(__name__)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+@dataclass
+class Corrupt:
+    index: int
+    name: str
+    error: str
+
+
+class MultiCropDataset(Dataset):
+    """Decodes ``source[index]`` and returns ``(crops, label, index)``, or ``Corrupt``.
+
+    Keys are ``(index, seed)`` pairs from ``EpochSampler`` (or a plain index, with seed 0).
+    """
+
+    def __init__(self, source: ImageSource, transform: MultiCrop) -> None:
+        self.source = source
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        item, label = self.source[index]
+        try:
+            img = load_rgb(item)
+        except Exception as e:  # any decoder failure: skip the image, keep training
+            names = self.source.names
+            return Corrupt(index, names[index] if names else str(index), f"{type(e).__name__}: {e}")
+        g = torch.Generator().manual_seed(seed)
+        return self.transform(img, g), label, index
+
+
+class EpochSampler(Sampler):
+    """This rank's share of a seeded per-epoch permutation, as ``(index, sample seed)`` pairs.
+
+    Only whole global batches are kept (drop_last), and iteration can start at a batch offset
+    (resuming in the middle of an epoch).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        max_batches: int = 0,
+    ) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches = size // (batch_size * world_size)
+        if max_batches:
+            self.batches = min(self.batches, max_batches)
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return (self.batches - self.start_batch) * self.batch_size
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.size, generator=g)[
+            : self.batches * self.batch_size * self.world_size
+        ]
+        mine = perm[self.rank :: self.world_size].tolist()[self.start_batch * self.batch_size :]
+        for i in mine:
+            yield i, sample_seed(self.seed, self.epoch, i)
+
+
+def collate_crops(batch):
+    """Stacks crops per position; drops and reports corrupt images.
+
+    Returns ``(crops, labels, indices, corrupt)`` where ``corrupt`` lists ``Corrupt`` records.
+    """
+    good = [b for b in batch if not isinstance(b, Corrupt)]
+    bad = [b for b in batch if isinstance(b, Corrupt)]
+    if not good:
+        return [], torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad
+    n_crops = len(good[0][0])
+    crops = [torch.stack([b[0][v] for b in good]) for v in range(n_crops)]
+    labels = torch.tensor([b[1] for b in good], dtype=torch.long)
+    indices = torch.tensor([b[2] for b in good], dtype=torch.long)
+    return crops, labels, indices, bad
+
+
+def make_loader(
+    dataset: MultiCropDataset,
+    sampler: EpochSampler,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_crops,
+        pin_memory=pin_memory,
+        drop_last=True,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )

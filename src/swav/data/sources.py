@@ -1,0 +1,278 @@
+"""Where images come from: folders, tar archives, torchvision datasets and the embedded digits.
+
+Every source is a map-style dataset of ``(image, label)`` with ``label = -1`` when unknown.
+Images are returned undecoded where possible (bytes or a path) and decoded by ``load_rgb`` in the
+loader workers, which turns every PIL mode (L, LA, RGBA, P, CMYK, I;16, ...) into 8-bit RGB.
+Labels are only kept for evaluation; training never looks at them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".ppm",
+    ".bmp",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+)
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, counted and skipped
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message names the path and what to change."""
+
+
+def load_rgb(item: Any) -> Image.Image:
+    """Decode a path, bytes or image into an 8-bit RGB PIL image.
+
+    16-bit and 32-bit greyscale are rescaled to 0-255 (PIL's own conversion would clip them);
+    transparent images are composited on white; CMYK, palette and greyscale become RGB.
+    """
+    if isinstance(item, Image.Image):
+        img = item
+    elif isinstance(item, np.ndarray):
+        img = Image.fromarray(item)
+    else:
+        src = io.BytesIO(item) if isinstance(item, bytes | bytearray) else item
+        img = Image.open(src)
+        img.load()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        if img.mode in ("I", "F") and arr.max() <= 255 and arr.min() >= 0:
+            hi = 255.0
+        arr = np.clip(np.rint(arr / hi * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+@dataclass
+class ImageSource(torch.utils.data.Dataset):
+    """A list of undecoded items with labels and class names."""
+
+    items: list[Any]
+    labels: list[int]
+    classes: list[str]
+    origin: str
+    names: list[str] | None = None
+    """A readable name per item (relative path or archive member), when there is one."""
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        item = self.items[index]
+        if isinstance(item, tuple):  # (tar path, offset, size): read lazily
+            path, offset, size = item
+            with open(path, "rb") as f:
+                f.seek(offset)
+                item = f.read(size)
+        return item, self.labels[index]
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes)
+
+    def subset(self, indices: Sequence[int]) -> ImageSource:
+        return ImageSource(
+            [self.items[i] for i in indices],
+            [self.labels[i] for i in indices],
+            self.classes,
+            self.origin,
+            [self.names[i] for i in indices] if self.names else None,
+        )
+
+    def item_names(self) -> list[str]:
+        return self.names or [f"{self.origin}#{i}" for i in range(len(self))]
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def folder_source(root: str | Path, split: str = "") -> ImageSource:
+    """An ImageFolder tree (class sub-folders: labelled) or any folder of images (unlabelled)."""
+    root = Path(root).expanduser()
+    if split and (root / split).is_dir():
+        root = root / split
+    if not root.exists():
+        raise DataError(f"data path {root} does not exist: give a folder of images or an archive")
+    if not root.is_dir():
+        raise DataError(f"data path {root} is not a folder or an image archive (.tar, .tar.gz)")
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    direct = [p for p in root.iterdir() if p.is_file() and _is_image(p.name)]
+    items, labels, classes = [], [], []
+    if subdirs and not direct:
+        for label, d in enumerate(subdirs):
+            files = sorted(str(p) for p in d.rglob("*") if p.is_file() and _is_image(p.name))
+            items += files
+            labels += [label] * len(files)
+            classes.append(d.name)
+        # class folders that hold no image are dropped from the class list
+        used = sorted(set(labels))
+        if len(used) != len(classes):
+            remap = {old: new for new, old in enumerate(used)}
+            labels = [remap[lab] for lab in labels]
+            classes = [classes[i] for i in used]
+    else:
+        items = sorted(str(p) for p in root.rglob("*") if p.is_file() and _is_image(p.name))
+        labels = [-1] * len(items)
+    if not items:
+        raise DataError(
+            f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)}); "
+            "point data.source at a folder that holds images"
+        )
+    names = [os.path.relpath(p, root) for p in items]
+    return ImageSource(items, labels, classes, str(root), names)
+
+
+def tar_source(path: str | Path, split: str = "") -> ImageSource:
+    """Images inside a .tar / .tar.gz / .tgz archive, read in place.
+
+    Layout ``[<root>/][<split>/]<class>/<image>`` gives labels; images without a class folder are
+    unlabelled. An uncompressed archive is read lazily by offset; a compressed one is read into
+    memory once (gzip cannot seek), which suits archives up to a few GB.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"archive {path} does not exist")
+    try:
+        tf = tarfile.open(path, "r:*")
+    except (tarfile.TarError, OSError) as e:
+        raise DataError(f"{path} is not a readable tar archive: {e}") from e
+    compressed = not str(path).endswith(".tar")
+    entries = []
+    with tf:
+        for m in tf:
+            if not m.isfile() or not _is_image(m.name):
+                continue
+            parts = Path(m.name).parts
+            if any(p.startswith(".") for p in parts):
+                continue
+            if split:
+                if split not in parts[:-1]:
+                    continue
+                parts = parts[parts.index(split) + 1 :]
+            data = tf.extractfile(m).read() if compressed else (str(path), m.offset_data, m.size)
+            entries.append((m.name, parts, data))
+    if not entries:
+        where = f" in split {split!r}" if split else ""
+        raise DataError(f"no images found{where} in archive {path}; check data.split")
+    entries.sort(key=lambda e: e[0])
+    labelled = all(len(p) >= 2 for _, p, _ in entries)
+    classes = sorted({p[-2] for _, p, _ in entries}) if labelled else []
+    index = {c: i for i, c in enumerate(classes)}
+    return ImageSource(
+        [d for _, _, d in entries],
+        [index[p[-2]] if labelled else -1 for _, p, _ in entries],
+        classes,
+        f"{path}:{split}" if split else str(path),
+        [n for n, _, _ in entries],
+    )
+
+
+def digits_source(split: str = "train", seed: int = 0, test_fraction: float = 0.2) -> ImageSource:
+    """scikit-learn's bundled handwritten digits: 1,797 real 8x8 images, 10 classes, offline.
+
+    ``split`` is 'train' or 'test' (a stratified split drawn from ``seed``), or '' for all.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    images = (d.images * (255.0 / 16.0)).round().astype(np.uint8)
+    idx = np.arange(len(images))
+    if split in ("train", "test", "val"):
+        tr, te = train_test_split(
+            idx, test_size=test_fraction, random_state=seed, stratify=d.target
+        )
+        idx = np.sort(tr if split == "train" else te)
+    elif split:
+        raise DataError(f"digits has splits 'train' and 'test', not {split!r}")
+    return ImageSource(
+        [images[i] for i in idx],
+        [int(d.target[i]) for i in idx],
+        [str(c) for c in range(10)],
+        f"digits:{split or 'all'}",
+    )
+
+
+def torchvision_source(name: str, root: str, split: str, download: bool) -> ImageSource:
+    """CIFAR-10 / CIFAR-100 / STL-10 from torchvision; downloads only when ``download``."""
+    import torchvision.datasets as tvd
+
+    root = str(Path(root).expanduser())
+    train = split in ("train", "", "unlabeled", "train+unlabeled")
+    try:
+        if name == "cifar10":
+            ds = tvd.CIFAR10(root, train=train, download=download)
+        elif name == "cifar100":
+            ds = tvd.CIFAR100(root, train=train, download=download)
+        else:
+            ds = tvd.STL10(root, split=split or "train", download=download)
+    except RuntimeError as e:
+        raise DataError(
+            f"{name} is not in {root}: set data.download=true to download it, or data.root to "
+            f"where it is ({e})"
+        ) from e
+    if name.startswith("cifar"):
+        items, labels, classes = list(ds.data), [int(t) for t in ds.targets], list(ds.classes)
+    else:
+        items = [np.transpose(x, (1, 2, 0)) for x in ds.data]
+        labels = [int(t) for t in ds.labels]
+        classes = list(ds.classes)
+    return ImageSource(items, labels, classes, f"{name}:{split}")
+
+
+def open_source(
+    source: str,
+    split: str = "train",
+    root: str = "~/.cache/swav/datasets",
+    download: bool = False,
+    seed: int = 0,
+) -> ImageSource:
+    """Any supported source by name or path (see ``swav.config.DataConfig.source``)."""
+    if not source:
+        raise DataError("no data given: set data.source to a folder, an archive or 'digits'")
+    if source == "digits":
+        return digits_source(split, seed)
+    if source in ("cifar10", "cifar100", "stl10"):
+        return torchvision_source(source, root, split, download)
+    p = Path(source).expanduser()
+    if p.is_file() and (p.name.endswith((".tar", ".tar.gz", ".tgz"))):
+        return tar_source(p, split)
+    if p.is_file():
+        raise DataError(f"{p} is a file but not a .tar / .tar.gz archive of images")
+    return folder_source(p, split)
+
+
+def limit_source(src: ImageSource, limit: int, seed: int = 0) -> ImageSource:
+    """The first ``limit`` images of a fixed random permutation (class balance kept on average)."""
+    if not limit or limit >= len(src):
+        return src
+    g = torch.Generator().manual_seed(seed)
+    return src.subset(sorted(torch.randperm(len(src), generator=g)[:limit].tolist()))

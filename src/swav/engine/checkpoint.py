@@ -1,0 +1,76 @@
+"""Run checkpoints: written atomically, loaded safely.
+
+A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then renamed
+over ``checkpoint.pt`` (rename is atomic on POSIX), and the folder is fsynced: a crash at any
+moment leaves either the previous complete checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def keep_copy(path: str | Path, copy: str | Path) -> None:
+    """A periodic copy of a complete checkpoint (hard link when possible)."""
+    copy = Path(copy)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    tmp = copy.with_name(copy.name + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, copy)
+
+
+def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors, containers and plain values only.
+
+    A file that needs arbitrary pickled code is refused with an explanation.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # UnpicklingError and friends
+        msg = str(e).split("\n")[0]
+        raise UnsafeCheckpointError(
+            f"{path} cannot be loaded safely: it holds pickled Python objects beyond tensors "
+            f"and plain containers ({msg}). Loading it would run code from the file. If you "
+            'trust its origin, convert it once with: python -c "import torch; '
+            "obj = torch.load('IN', weights_only=False); "
+            "torch.save(obj.get('state_dict', obj) if isinstance(obj, dict) else obj.state_dict(), "
+            "'OUT')\" and load OUT instead."
+        ) from e
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """The file would need arbitrary code to unpickle."""

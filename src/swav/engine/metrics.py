@@ -1,0 +1,113 @@
+"""Metrics (JSONL, TensorBoard when installed) and training health checks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+COLLAPSE_ADVICE = (
+    "the assignments look collapsed to uniform (loss within 1% of ln K). Things that help: "
+    "keep swav.epsilon at 0.05 or lower it (a large epsilon makes codes uniform); freeze the "
+    "prototypes longer (swav.freeze_prototypes_niters); with small batches use a queue "
+    "(swav.queue_length = 10-20x the global batch) and start it later (swav.epoch_queue_starts); "
+    "lower the learning rate or lengthen the warmup."
+)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``metrics.jsonl``; mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self._f = open(self.path, "a") if enabled else None  # noqa: SIM115
+        self._tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:  # tensorboard is optional
+                self._tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._f.write(json.dumps(record) + "\n")
+        if self._tb is not None and "iteration" in record:
+            for k, v in record.items():
+                if k not in ("iteration", "epoch", "kind") and isinstance(v, int | float):
+                    self._tb.add_scalar(
+                        f"{record.get('kind', 'train')}/{k}", v, record["iteration"]
+                    )
+
+    def flush(self) -> None:
+        if self._f:
+            self._f.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._f:
+            self._f.close()
+            self._f = None
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def code_stats(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean entropy of the codes in nats, number of prototypes that are some sample's argmax)."""
+    q = codes.float().clamp_min(1e-12)
+    entropy = -(q * q.log()).sum(dim=1).mean()
+    used = torch.zeros(codes.shape[1], device=codes.device).index_fill_(0, codes.argmax(1), 1).sum()
+    return entropy, used
+
+
+class CollapseMonitor:
+    """Warns once when the loss stays within 1% of ln K for ``patience`` iterations."""
+
+    def __init__(self, n_prototypes: list[int], patience: int, start_iteration: int) -> None:
+        self.reference = sum(math.log(k) for k in n_prototypes) / len(n_prototypes)
+        self.patience = patience
+        self.start = start_iteration
+        self.streak = 0
+        self.warned = False
+
+    def update(self, iteration: int, loss: float) -> bool:
+        """True the first time the warning fires."""
+        if iteration < self.start:
+            return False
+        if abs(loss - self.reference) <= 0.01 * self.reference:
+            self.streak += 1
+        else:
+            self.streak = 0
+        if self.streak >= self.patience and not self.warned:
+            self.warned = True
+            log.warning(
+                "iteration %d: loss %.4f vs ln K = %.4f for %d iterations: %s",
+                iteration,
+                loss,
+                self.reference,
+                self.streak,
+                COLLAPSE_ADVICE,
+            )
+            return True
+        return False

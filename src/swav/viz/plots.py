@@ -1,0 +1,49 @@
+"""Plots of what a run learned: the loss curve (with ln K for reference)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from swav.engine.metrics import read_metrics
+
+
+def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw loss per iteration (and its running mean) to ``run_dir/loss.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import yaml
+
+    run_dir = Path(run_dir)
+    rows = [r for r in read_metrics(run_dir) if "kind" not in r and "loss" in r]
+    out = Path(out) if out else run_dir / "loss.png"
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if rows:
+        its = [r["iteration"] for r in rows]
+        losses = [r["loss"] for r in rows]
+        ax.plot(its, losses, lw=0.6, alpha=0.4, label="loss per iteration")
+        w = max(1, len(losses) // 50)
+        mean = [
+            sum(losses[max(0, i - w + 1) : i + 1]) / len(losses[max(0, i - w + 1) : i + 1])
+            for i in range(len(losses))
+        ]
+        ax.plot(its, mean, lw=1.5, label=f"running mean ({w} it)")
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists():
+        ks = (yaml.safe_load(cfg_path.read_text()) or {}).get("model", {}).get("n_prototypes")
+        if ks:
+            ln_k = sum(math.log(k) for k in ks) / len(ks)
+            ax.axhline(
+                ln_k, color="gray", ls="--", lw=1, label=f"ln K = {ln_k:.2f} (uniform codes)"
+            )
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("swapped prediction loss")
+    ax.set_title(f"SwAV pretraining: {run_dir.name}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

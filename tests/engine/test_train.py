@@ -1,0 +1,198 @@
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from swav.config import ConfigError, build_config
+from swav.engine.checkpoint import safe_load
+from swav.engine.metrics import NonFiniteLossError, read_metrics
+from swav.engine.train import ConfigMismatchError, pretrain
+from tests.conftest import tiny_overrides
+
+
+def test_trains_and_writes_run_directory(tmp_path):
+    cfg = build_config(None, tiny_overrides(tmp_path / "run"))
+    r = pretrain(cfg, progress=False)
+    assert r.epochs_done == 2 and r.iterations == 6 and math.isfinite(r.last_loss)
+    run = tmp_path / "run"
+    for name in ("checkpoint.pt", "config.yaml", "metrics.jsonl", "loss.png"):
+        assert (run / name).exists(), name
+    rows = read_metrics(run)
+    its = [m["iteration"] for m in rows if "kind" not in m]
+    assert its == list(range(6))  # one line per iteration
+    health = [m for m in rows if m.get("kind") == "health"]
+    assert health and all(0 <= h["code_entropy"] <= math.log(20) + 1e-4 for h in health)
+    assert all(1 <= h["prototypes_in_batch"] <= 20 for h in health)
+    state = safe_load(run / "checkpoint.pt")
+    assert state["epoch"] == 2 and state["next_batch"] == 0
+
+
+def _weights(run_dir):
+    return safe_load(run_dir / "checkpoint.pt")["model"]
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    extra = {"train.deterministic": True, "swav.queue_length": 32, "swav.epoch_queue_starts": 0}
+    straight = build_config(None, tiny_overrides(tmp_path / "a", **extra))
+    pretrain(straight, progress=False)
+    split = build_config(None, tiny_overrides(tmp_path / "b", **extra))
+    first = pretrain(split, progress=False, stop_after_epoch=1)
+    assert first.interrupted and first.epochs_done == 1
+    second = pretrain(split, progress=False)
+    assert second.epochs_done == 2
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    qa = safe_load(tmp_path / "a" / "checkpoint.pt")["queue"]
+    qb = safe_load(tmp_path / "b" / "checkpoint.pt")["queue"]
+    assert torch.equal(qa["embeddings"], qb["embeddings"])
+
+
+def test_refuses_checkpoint_of_other_configuration(tmp_path):
+    pretrain(
+        build_config(None, tiny_overrides(tmp_path / "r", **{"train.epochs": 1})), progress=False
+    )
+    other = build_config(None, tiny_overrides(tmp_path / "r", **{"optim.base_lr": 0.1}))
+    with pytest.raises(ConfigMismatchError, match="different configuration"):
+        pretrain(other, progress=False)
+    # more epochs is not a different configuration: it continues
+    longer = build_config(None, tiny_overrides(tmp_path / "r", **{"train.epochs": 2}))
+    assert pretrain(longer, progress=False).epochs_done == 2
+    r = pretrain(other, allow_config_change=True, progress=False)
+    assert r.epochs_done == 2
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "nan"
+    cfg = build_config(None, tiny_overrides(run, **{"train.epochs": 1}))
+    pretrain(cfg, progress=False)
+    before = (run / "checkpoint.pt").read_bytes()
+    import swav.engine.train as train
+
+    real = train.swapped_prediction_loss
+
+    def poisoned(*a, **k):
+        return real(*a, **k) * float("nan")
+
+    monkeypatch.setattr(train, "swapped_prediction_loss", poisoned)
+    cfg2 = build_config(None, tiny_overrides(run, **{"train.epochs": 3}))
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
+        pretrain(cfg2, progress=False)
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_invalid_configuration_refused_before_training(tmp_path):
+    run = tmp_path / "never"
+    cases = {
+        "optim.base_lr=-0.1": "optim.base_lr",
+        "swav.crops_for_assign=[0,7]": "swav.crops_for_assign",
+        "swav.queue_length=50": "swav.queue_length",
+        "model.colour=red": "unknown configuration key",
+        "train.precision=fp8": "train.precision",
+    }
+    for override, msg in cases.items():
+        with pytest.raises(ConfigError, match=msg):
+            build_config(None, tiny_overrides(run) + [override])
+    cfg = build_config(None, tiny_overrides(run, **{"train.batch_size": 512}))
+    with pytest.raises(ConfigError, match="larger than the dataset"):
+        pretrain(cfg, progress=False)
+    assert not run.exists()
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path, image_folder):
+    (image_folder / "cats" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    good = (image_folder / "dogs" / "0.png").read_bytes()
+    (image_folder / "dogs" / "truncated.png").write_bytes(good[: len(good) // 2])
+    cfg = build_config(
+        None,
+        tiny_overrides(
+            tmp_path / "c",
+            **{
+                "data.source": str(image_folder),
+                "data.limit": 0,
+                "train.batch_size": 13,
+                "train.iters_per_epoch": 0,
+                "train.epochs": 1,
+            },
+        ),
+    )
+    r = pretrain(cfg, progress=False)
+    assert r.epochs_done == 1 and math.isfinite(r.last_loss)
+    assert sorted(os.path.basename(n) for n in r.corrupt) == ["broken.jpg", "truncated.png"]
+    epoch_rows = [m for m in read_metrics(tmp_path / "c") if m.get("kind") == "epoch"]
+    assert epoch_rows[-1]["corrupt_images"] == 2
+
+
+KILL_SCRIPT = """
+import sys
+from swav.config import build_config
+from swav.engine.train import pretrain
+sys.path.insert(0, {root!r})
+from tests.conftest import tiny_overrides
+cfg = build_config(None, tiny_overrides({run!r}, **{{"train.iters_per_epoch": 1,
+    "train.epochs": 100000, "train.save_every": 1}}))
+pretrain(cfg, progress=False)
+"""
+
+
+def test_sigkill_during_checkpointing_resumes_from_last_complete(tmp_path):
+    run = tmp_path / "killed"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = KILL_SCRIPT.format(root=root, run=str(run))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root)
+    try:
+        deadline = time.time() + 120
+        while not (run / "checkpoints").exists() or len(list((run / "checkpoints").iterdir())) < 3:
+            assert proc.poll() is None, "training process died on its own"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(0.37)  # somewhere inside the save loop: one checkpoint per iteration
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    state = safe_load(run / "checkpoint.pt")  # complete and loadable
+    done = state["epoch"]
+    assert done >= 3
+    cfg = build_config(
+        None,
+        tiny_overrides(
+            run, **{"train.iters_per_epoch": 1, "train.epochs": done + 2, "train.save_every": 1}
+        ),
+    )
+    r = pretrain(cfg, progress=False)
+    assert r.epochs_done == done + 2
+    epochs = [m["epoch"] for m in read_metrics(run) if m.get("kind") == "epoch"]
+    assert epochs[-2:] == [done + 1, done + 2]
+
+
+def test_interrupt_signal_saves_mid_epoch(tmp_path):
+    # SIGTERM asks for a checkpoint at the end of the current iteration
+    run = tmp_path / "term"
+    cfg = build_config(None, tiny_overrides(run, **{"train.iters_per_epoch": 4, "train.epochs": 1}))
+    import swav.engine.train as train
+
+    real = train.freeze_prototypes
+    calls = {"n": 0}
+
+    def signalling(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    train.freeze_prototypes = signalling
+    try:
+        r = pretrain(cfg, progress=False)
+    finally:
+        train.freeze_prototypes = real
+    assert r.interrupted
+    state = safe_load(run / "checkpoint.pt")
+    assert state["epoch"] == 0 and state["next_batch"] == 2
+    r2 = pretrain(cfg, progress=False)
+    assert r2.epochs_done == 1 and not r2.interrupted
