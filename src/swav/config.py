@@ -101,7 +101,9 @@ class OptimConfig:
     scale_lr: bool = False
     """Linear scaling rule: multiply base_lr, final_lr and start_warmup by global batch / 256."""
     momentum: float = 0.9
+    """Heavy-ball momentum (SGD and LARS)."""
     weight_decay: float = 1e-6
+    """L2 weight decay (1e-6 in the reference recipes; AdamW uses it decoupled)."""
     lars_eta: float = 0.001
     """LARS trust coefficient (no clipping, as in the reference)."""
     lars_exclude_bias_norm: bool = False
@@ -112,6 +114,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 100
+    """Training epochs (passes over the data); the schedule is laid out over all of them."""
     batch_size: int = 64
     """Images per process (the global batch is batch_size x world size)."""
     precision: str = "auto"
@@ -124,6 +127,7 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda or cuda:N."""
     seed: int = 0
+    """Seeds the initialisation, the data order and every crop."""
     deterministic: bool = False
     """Deterministic kernels (bitwise-reproducible runs and resumes on CPU; slower)."""
     sync_bn: bool = True

@@ -1,0 +1,61 @@
+import pytest
+import yaml
+
+from swav.config import Config, ConfigError, build_config, describe_options, presets
+from swav.cli import main
+
+
+@pytest.mark.parametrize("name", presets())
+def test_every_preset_validates(name):
+    cfg = build_config(name)
+    assert isinstance(cfg, Config)
+
+
+def test_reference_recipes_match_the_paper():
+    main = build_config("imagenet_800ep_bs4096")
+    assert (main.optim.base_lr, main.optim.final_lr, main.optim.warmup_epochs) == (4.8, 0.0048, 10)
+    assert main.multicrop.n_crops == [2, 6] and main.multicrop.sizes == [224, 96]
+    assert main.swav.freeze_prototypes_niters == 313 and main.model.n_prototypes == [3000]
+    small = build_config("imagenet_200ep_bs256_queue")
+    assert small.swav.queue_length == 3840 and small.swav.epoch_queue_starts == 15
+    assert small.swav.freeze_prototypes_niters == 5005
+    two = build_config("imagenet_400ep_2x224")
+    assert two.multicrop.n_crops == [2] and two.multicrop.min_scale == [0.08]
+    w2 = build_config("imagenet_rn50w2_400ep")
+    assert w2.model.arch == "resnet50w2" and w2.model.hidden_mlp == 8192
+
+
+def test_overrides_are_typed():
+    cfg = build_config(None, ["train.epochs=3", "model.n_prototypes=[10,20]",
+                              "train.channels_last=false", "optim.base_lr=1e-3"])
+    assert cfg.train.epochs == 3 and cfg.model.n_prototypes == [10, 20]
+    assert cfg.train.channels_last is False and cfg.optim.base_lr == 1e-3
+    with pytest.raises(ConfigError, match="expected an integer"):
+        build_config(None, ["train.epochs=2.5"])
+    with pytest.raises(ConfigError, match="train has"):
+        build_config(None, ["train.epoch=2"])
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = capsys.readouterr().out
+    for key, default, doc in describe_options():
+        assert f"{key} = {default}" in text
+        assert doc, f"{key} has no help text"
+
+
+def test_cli_refuses_bad_config_with_exit_code(tmp_path, capsys):
+    assert main(["pretrain", f"run_dir={tmp_path / 'x'}", "swav.epsilon=-1"]) == 2
+    assert "swav.epsilon" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_resolved_config_written(tmp_path):
+    from swav.engine.train import pretrain
+    from tests.conftest import tiny_overrides
+
+    cfg = build_config(None, tiny_overrides(tmp_path / "r", **{"train.epochs": 1}))
+    pretrain(cfg, progress=False)
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["train"]["batch_size"] == 16 and saved["model"]["arch"] == "resnet_tiny"
