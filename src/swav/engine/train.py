@@ -381,7 +381,7 @@ def pretrain(
                     desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                     unit="it",
                     dynamic_ncols=True,
-                    leave=True,
+                    leave=False,
                 )
             pending: list[tuple[int, Tensor, float]] = []
             t_window, n_window = time.perf_counter(), 0
