@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import textwrap
@@ -131,7 +130,322 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_EXTRA_COMMANDS: list = []
+def _common_eval(p) -> None:
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a run directory, a checkpoint file (any known layout) or a released name",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="labelled folder / archive / dataset (default: the pretraining data)",
+    )
+    p.add_argument("--train-split", default=None, help="training split (default: the run's)")
+    p.add_argument("--test-split", default=None, help="test split (default: the run's eval split)")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="image size (default: the run's large crop size, else 224)",
+    )
+    p.add_argument("--limit", type=int, default=0, help="use N images of each split (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="result JSON (default: RUN_DIR/eval/<protocol>.json for a run directory, "
+        "else eval_results/<protocol>.json)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _out_path(args, protocol: str) -> Path:
+    if args.out:
+        return Path(args.out)
+    ck = Path(args.checkpoint)
+    if ck.is_dir():
+        return ck / "eval" / f"{protocol}.json"
+    return Path("eval_results") / f"{protocol}.json"
+
+
+def _cmd_eval(args) -> int:
+    from swav.eval import protocols as P
+
+    common = dict(
+        data=args.data,
+        train_split=args.train_split,
+        test_split=args.test_split,
+        size=args.size,
+        limit=args.limit,
+        seed=args.seed,
+        out=_out_path(args, args.protocol),
+    )
+    prog = not args.no_progress
+    if args.protocol == "knn":
+        rec = P.run_knn(
+            args.checkpoint,
+            ks=args.k,
+            temperature=args.temperature,
+            cache_dir=args.cache,
+            progress=prog,
+            **common,
+        )
+    elif args.protocol == "linear":
+        rec = P.run_linear(
+            args.checkpoint,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            fast=args.fast,
+            stages=args.stages,
+            val_fraction=args.val_fraction,
+            cache_dir=args.cache,
+            progress=prog,
+            **common,
+        )
+    elif args.protocol == "semisup":
+        rec = P.run_semisup(
+            args.checkpoint,
+            fraction=args.fraction,
+            subset_file=args.subset_file,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            **common,
+        )
+    elif args.protocol == "lowshot":
+        rec = P.run_lowshot(
+            args.checkpoint,
+            shots=args.shots,
+            draws=args.draws,
+            cache_dir=args.cache,
+            progress=prog,
+            **common,
+        )
+    else:
+        rec = P.run_cluster(args.checkpoint, progress=prog, **common)
+    print(P.format_result(rec))
+    print(f"result written to {common['out']}")
+    return 0
+
+
+def _add_eval(sub) -> None:
+    e = sub.add_parser("eval", help="evaluate a backbone: knn, linear, semisup, lowshot, cluster")
+    es = e.add_subparsers(dest="protocol", required=True)
+    k = es.add_parser("knn", help="weighted cosine kNN on frozen features")
+    _common_eval(k)
+    k.add_argument(
+        "--k",
+        type=int,
+        nargs="+",
+        default=[10, 20, 100, 200],
+        help="neighbours (default: 10 20 100 200)",
+    )
+    k.add_argument("--temperature", type=float, default=0.07, help="vote temperature (0.07)")
+    k.add_argument("--cache", default=None, help="feature cache folder (default: none)")
+    li = es.add_parser("linear", help="linear probe on the frozen backbone")
+    _common_eval(li)
+    li.add_argument("--epochs", type=int, default=100, help="epochs (default: 100)")
+    li.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
+    li.add_argument("--lr", type=float, default=None, help="lr (default: 0.3 x batch / 256)")
+    li.add_argument(
+        "--fast",
+        action="store_true",
+        help="train on cached features without augmentation (default: augmented)",
+    )
+    li.add_argument(
+        "--stages", action="store_true", help="per-stage probes: stem and stages 1-4 (fast mode)"
+    )
+    li.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="validation split carved from the training set (default: 0)",
+    )
+    li.add_argument("--cache", default=None, help="feature cache folder (default: none)")
+    se = es.add_parser("semisup", help="fine-tune on 1%% or 10%% of the labels")
+    _common_eval(se)
+    se.add_argument("--fraction", type=float, default=0.1, help="labelled fraction (0.1)")
+    se.add_argument("--subset-file", default=None, help="file listing the labelled images")
+    se.add_argument("--epochs", type=int, default=20, help="epochs (default: 20)")
+    se.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
+    lo = es.add_parser("lowshot", help="low-shot linear SVMs, k = 1 ... 96 per class")
+    _common_eval(lo)
+    lo.add_argument(
+        "--shots",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8, 16, 32, 64, 96],
+        help="examples per class (default: 1 2 4 8 16 32 64 96)",
+    )
+    lo.add_argument("--draws", type=int, default=5, help="random draws per k (default: 5)")
+    lo.add_argument("--cache", default=None, help="feature cache folder (default: none)")
+    cl = es.add_parser("cluster", help="prototype clustering: NMI, ARI, Hungarian accuracy")
+    _common_eval(cl)
+    for p in (k, li, se, lo, cl):
+        p.set_defaults(func=_cmd_eval)
+    r = sub.add_parser("report", help="gather a run's results into RUN_DIR/REPORT.md")
+    r.add_argument("run_dir")
+    r.set_defaults(func=lambda a: print(_report(a.run_dir)) or 0)
+
+
+def _report(run_dir: str) -> str:
+    from swav.eval.protocols import write_report
+
+    path = write_report(run_dir)
+    return f"{path.read_text()}\nwritten to {path}"
+
+
+def _add_interop(sub) -> None:
+    z = sub.add_parser("zoo", help="list the released checkpoints loadable by name")
+    z.set_defaults(func=_cmd_zoo)
+    x = sub.add_parser(
+        "export", help="export a backbone (torchvision, timm, safetensors, detectron2, swav)"
+    )
+    x.add_argument("--checkpoint", required=True, help="run directory, file or released name")
+    x.add_argument(
+        "--format",
+        default="torchvision",
+        choices=["torchvision", "timm", "safetensors", "detectron2", "swav"],
+        help="output format (default: torchvision)",
+    )
+    x.add_argument("--out", required=True, help="output file")
+    x.add_argument("--download", action="store_true", help="fetch a released checkpoint")
+    x.set_defaults(func=_cmd_export)
+    em = sub.add_parser("embed", help="backbone features of every image, in order")
+    em.add_argument("data", help="folder, archive or dataset name")
+    em.add_argument("--checkpoint", required=True, help="run directory, file or released name")
+    em.add_argument("--split", default="", help="split of the data (default: all)")
+    em.add_argument("--size", type=int, default=None, help="image size (default: the run's)")
+    em.add_argument("--out", required=True, help=".npy (+ .names.txt) or .parquet")
+    em.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
+    em.add_argument("--no-progress", action="store_true", help="no progress bar")
+    em.set_defaults(func=_cmd_embed)
+    pr = sub.add_parser("predict", help="class and score per image (backbone + linear head)")
+    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("--checkpoint", required=True, help="backbone (with fc) or run directory")
+    pr.add_argument(
+        "--head",
+        default=None,
+        help="linear head file (e.g. swav_800ep_eval_linear); default: the checkpoint's fc layer",
+    )
+    pr.add_argument("--classes", default=None, help="file with one class name per line")
+    pr.add_argument("--size", type=int, default=None, help="image size (default: the run's)")
+    pr.add_argument("--topk", type=int, default=1, help="classes per image (default: 1)")
+    pr.set_defaults(func=_cmd_predict)
+    a = sub.add_parser("assign", help="highest-scoring prototype per image")
+    a.add_argument("images", nargs="+", help="image files")
+    a.add_argument("--checkpoint", required=True, help="run directory or SwAV checkpoint")
+    a.add_argument("--size", type=int, default=None, help="image size (default: the run's)")
+    a.set_defaults(func=_cmd_assign)
+
+
+def _cmd_zoo(args) -> int:
+    from swav.interop.zoo import RELEASED, cache_dir
+
+    print(f"{'name':24s} {'arch':12s} {'top-1':>6s}  recipe")
+    for name, r in RELEASED.items():
+        cached = " (cached)" if (cache_dir() / r.file).exists() else ""
+        print(f"{name:24s} {r.arch:12s} {r.top1 or '':>6}  {r.recipe}{cached}")
+    print(
+        f"\nload with swav.load_checkpoint(NAME, download=True) or --checkpoint NAME; cache: "
+        f"{cache_dir()}"
+    )
+    return 0
+
+
+def _transform_for(loaded, size):
+    from swav.data.multicrop import IMAGENET_MEAN, IMAGENET_STD
+    from swav.eval.features import EvalTransform
+
+    mc = (loaded.meta.get("config") or {}).get("multicrop", {})
+    size = size or (mc.get("sizes") or [224])[0]
+    return EvalTransform(
+        size,
+        mc.get("mean", IMAGENET_MEAN),
+        mc.get("std", IMAGENET_STD),
+        crop_fraction=1.0 if size <= 64 else 0.875,
+    )
+
+
+def _cmd_export(args) -> int:
+    from swav.interop.checkpoints import load_checkpoint
+    from swav.interop.export import export_model
+
+    loaded = load_checkpoint(args.checkpoint, download=args.download)
+    meta = {
+        "arch": loaded.arch,
+        "source": loaded.meta["source"],
+        "layout": loaded.layout,
+        "pretraining": loaded.meta.get("config"),
+    }
+    for f in export_model(loaded.model, args.out, args.format, meta):
+        print(f"wrote {f}")
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    from swav.data.sources import open_source
+    from swav.interop.checkpoints import load_checkpoint
+    from swav.interop.inference import embed, save_embeddings
+
+    loaded = load_checkpoint(args.checkpoint)
+    src = open_source(args.data, args.split)
+    emb = embed(
+        loaded.model,
+        src,
+        _transform_for(loaded, args.size),
+        args.batch_size,
+        progress=not args.no_progress,
+    )
+    for f in save_embeddings(emb, args.out):
+        print(f"wrote {f}")
+    print(f"{emb.features.shape[0]} images x {emb.features.shape[1]} features")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from swav.interop.checkpoints import load_checkpoint, load_linear_head
+    from swav.interop.inference import predict
+    from swav.interop.zoo import RELEASED, fetch
+
+    loaded = load_checkpoint(args.checkpoint, ignore=["head"])
+    head = loaded.classifier
+    if args.head:
+        path = (
+            fetch(args.head)
+            if args.head in RELEASED and not Path(args.head).exists()
+            else args.head
+        )
+        head = load_linear_head(path)
+    if head is None:
+        raise FileNotFoundError("no classifier: the checkpoint has no fc layer; pass --head")
+    classes = None
+    if args.classes:
+        classes = [c.strip() for c in Path(args.classes).read_text().splitlines() if c.strip()]
+    for img, preds in zip(
+        args.images,
+        predict(
+            loaded.model, head, args.images, _transform_for(loaded, args.size), classes, args.topk
+        ),
+    ):
+        print(img + "\t" + "\t".join(f"{c} {p:.3f}" for c, p in preds))
+    return 0
+
+
+def _cmd_assign(args) -> int:
+    from swav.interop.checkpoints import load_checkpoint
+    from swav.interop.inference import assign
+
+    loaded = load_checkpoint(args.checkpoint)
+    for img, (k, s) in zip(
+        args.images, assign(loaded.model, args.images, _transform_for(loaded, args.size))
+    ):
+        print(f"{img}\tprototype {k}\tscore {s:.3f}")
+    return 0
+
+
+_EXTRA_COMMANDS: list = [_add_eval, _add_interop]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,4 +478,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["main", "build_parser", "json"]
+__all__ = ["main", "build_parser"]

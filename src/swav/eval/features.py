@@ -49,6 +49,27 @@ class EvalTransform:
         return (t.float() / 255.0 - self.mean) / self.std
 
 
+class TrainTransform:
+    """RandomResizedCrop(size) + horizontal flip + normalise: the supervised protocols' training
+    augmentation (linear evaluation, semi-supervised fine-tuning)."""
+
+    def __init__(self, size: int, mean, std) -> None:
+        from torchvision.transforms import v2 as T
+
+        self.size = size
+        self._tf = T.Compose(
+            [
+                T.RandomResizedCrop(size, antialias=True),
+                T.RandomHorizontalFlip(),
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize(list(mean), list(std)),
+            ]
+        )
+
+    def __call__(self, img) -> Tensor:
+        return self._tf(to_uint8_tensor(img))
+
+
 class _Images(Dataset):
     def __init__(self, source: ImageSource, transform) -> None:
         self.source, self.transform = source, transform

@@ -1,0 +1,110 @@
+"""Semi-supervised fine-tuning with 1 % or 10 % of the labels (reference protocol): the whole
+network is trained on a class-balanced labelled subset, with separate learning rates for the
+trunk and the new linear head, a step schedule (x0.2 at 60 % and 80 % of training: epochs 12
+and 16 of 20) and no weight decay."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from swav.eval.features import EvalTransform, TrainTransform, _Images
+from swav.eval.linear import LinearResult, _accuracy, _init_linear
+
+
+def balanced_subset(labels, fraction: float, seed: int = 0) -> list[int]:
+    """Indices holding ``round(fraction x n_c)`` (at least 1) images of every class c."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    labels = torch.as_tensor(labels)
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        n = max(1, int(round(fraction * len(idx))))
+        chosen += idx[torch.randperm(len(idx), generator=g)[:n]].tolist()
+    return sorted(chosen)
+
+
+def subset_from_file(names: list[str], path: str | Path) -> list[int]:
+    """Indices of the images listed (one file name or relative path per line) in ``path``."""
+    wanted = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    index = {n: i for i, n in enumerate(names)}
+    base = {Path(n).name: i for i, n in enumerate(names)}
+    missing = [w for w in wanted if w not in index and Path(w).name not in base]
+    if missing:
+        raise ValueError(f"{len(missing)} listed images are not in the data, e.g. {missing[0]}")
+    return sorted(index.get(w, base.get(Path(w).name)) for w in wanted)
+
+
+def finetune(
+    model: nn.Module,
+    train_source,
+    test_source,
+    indices: list[int],
+    size: int,
+    mean,
+    std,
+    epochs: int = 20,
+    batch_size: int = 256,
+    trunk_lr: float = 0.01,
+    head_lr: float = 0.2,
+    milestones: tuple[float, float] = (0.6, 0.8),
+    crop_fraction: float = 0.875,
+    device: str = "cpu",
+    seed: int = 0,
+) -> LinearResult:
+    """Fine-tune backbone + new linear head on ``train_source[indices]``; top-1/5 on the test."""
+    torch.manual_seed(seed)
+    trunk = model.backbone if hasattr(model, "backbone") else model
+    trunk = trunk.to(device)
+    labels = torch.tensor(train_source.labels)
+    n_classes = int(max(labels.max(), max(test_source.labels)) + 1)
+    head = _init_linear(int(trunk.num_features), n_classes, seed).to(device)
+    opt = torch.optim.SGD(
+        [
+            {"params": trunk.parameters(), "lr": trunk_lr},
+            {"params": head.parameters(), "lr": head_lr},
+        ],
+        momentum=0.9,
+        weight_decay=0.0,
+    )
+    steps = [int(math.floor(m * epochs)) for m in milestones]
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, steps, gamma=0.2)
+    g = torch.Generator().manual_seed(seed)
+    data = Subset(_Images(train_source, TrainTransform(size, mean, std)), indices)
+    loader = DataLoader(
+        data,
+        batch_size=min(batch_size, len(indices)),
+        shuffle=True,
+        generator=g,
+        drop_last=len(indices) > batch_size,
+    )
+    for _ in range(epochs):
+        trunk.train()
+        for x, y, _, ok in loader:
+            x, y = x[ok].to(device), y[ok].to(device)
+            if len(y) < 2:
+                continue
+            loss = F.cross_entropy(head(trunk(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+    trunk.eval()
+    logits, ys = [], []
+    with torch.no_grad():
+        test = DataLoader(
+            _Images(test_source, EvalTransform(size, mean, std, crop_fraction)),
+            batch_size=batch_size,
+        )
+        for x, y, _, ok in test:
+            logits.append(head(trunk(x[ok].to(device))).cpu())
+            ys.append(y[ok])
+    top1, top5 = _accuracy(torch.cat(logits), torch.cat(ys))
+    return LinearResult(top1, top5, None, epochs, float("nan"))

@@ -1,0 +1,300 @@
+"""Load any known checkpoint layout into a SwAV model, never silently wrong.
+
+Layouts (detected from the keys, see ``detect_layout``):
+- ``swav-run``: this library's run checkpoints (``checkpoint.pt`` of a run directory);
+- ``swav-export``: this library's exported backbones (``{"state_dict", "swav_meta"}``);
+- ``reference``: the reference implementation's released pretraining files (bare state dicts
+  with the ``module.`` prefix left by DistributedDataParallel) and its training checkpoints
+  (``{"epoch", "state_dict", "optimizer", "amp"}``);
+- ``reference-linear``: its linear-evaluation heads (``module.linear.weight`` / ``.bias``);
+- ``mmselfsup``: mmselfsup / mmpretrain files (``backbone.*``, ``neck.*``, ``head.*``);
+- ``torchvision``: plain torchvision ResNet state dicts (``fc`` is kept as a classifier).
+The architecture (depth, width, stem, head sizes, number of prototypes) is read off the shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from swav.engine.checkpoint import safe_load
+from swav.model.backbones import _SPECS, BasicBlock, Bottleneck, ResNet
+from swav.model.swav import SwAV
+
+log = logging.getLogger(__name__)
+
+HEAD_PARTS = ("projection_head", "prototypes")
+
+
+class CheckpointError(ValueError):
+    """The file cannot be loaded as asked; the message lists what did not match."""
+
+
+@dataclass
+class LoadedModel:
+    model: SwAV
+    layout: str
+    arch: str
+    classifier: nn.Linear | None = None
+    classes: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _strip(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
+
+
+def detect_layout(obj: Any) -> str:
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"expected a dict of tensors, found {type(obj).__name__}")
+    if obj.get("format", "").startswith("swav-run"):
+        return "swav-run"
+    if "swav_meta" in obj and "state_dict" in obj:
+        return "swav-export"
+    sd = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
+    keys = [k for k in sd if isinstance(k, str)]
+    if any(k.startswith("module.linear.") for k in keys) and not any(
+        k.startswith("module.conv1") for k in keys
+    ):
+        return "reference-linear"
+    if any(k.startswith("backbone.") for k in keys) and (
+        "meta" in obj or any(k.startswith(("neck.", "head.")) for k in keys)
+    ):
+        return "mmselfsup"
+    if any(k.startswith("module.") for k in keys):
+        return "reference"
+    if "conv1.weight" in keys and "fc.weight" in keys:
+        return "torchvision"
+    if "conv1.weight" in keys:
+        return "reference"  # a release without the module. prefix (or our bare state dict)
+    raise CheckpointError(
+        "unrecognised checkpoint layout: no ResNet keys (conv1.weight, module.conv1.weight, "
+        f"backbone.conv1.weight) among {len(keys)} keys such as {keys[:4]}"
+    )
+
+
+def infer_resnet(sd: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
+    """(name, ResNet keyword arguments) from a backbone state dict without prefix."""
+    if "conv1.weight" not in sd:
+        raise CheckpointError("no conv1.weight: this does not hold a ResNet backbone")
+    stem = sd["conv1.weight"]
+    bottleneck = "layer1.0.conv3.weight" in sd
+    layers = []
+    for s in range(1, 5):
+        ids = {int(m.group(1)) for k in sd if (m := re.match(rf"layer{s}\.(\d+)\.", k))}
+        if not ids:
+            raise CheckpointError(f"no blocks found for layer{s}")
+        layers.append(max(ids) + 1)
+    width = int(stem.shape[0])
+    small_stem = stem.shape[-1] == 3
+    block = Bottleneck if bottleneck else BasicBlock
+    if bottleneck and width % 64 == 0:
+        widen, base = width // 64, 64
+    else:
+        widen, base = 1, width
+    kwargs = dict(
+        block=block, layers=tuple(layers), widen=widen, small_stem=small_stem, base_width=base
+    )
+    name = next(
+        (
+            n
+            for n, (b, ly, w, bw) in _SPECS.items()
+            if b is block and ly == tuple(layers) and w == widen and bw == base
+        ),
+        f"resnet[{block.__name__},{layers},{width}]",
+    )
+    return name, kwargs
+
+
+def _head_sizes(sd: dict[str, Tensor]) -> tuple[int, int, list[int]]:
+    """(hidden_mlp, output_dim, n_prototypes) from projection_head.* / prototypes.* keys."""
+    if "projection_head.0.weight" in sd and "projection_head.3.weight" in sd:
+        hidden = int(sd["projection_head.0.weight"].shape[0])
+        out = int(sd["projection_head.3.weight"].shape[0])
+    elif "projection_head.weight" in sd:
+        hidden, out = 0, int(sd["projection_head.weight"].shape[0])
+    else:
+        hidden, out = 0, 0
+    if "prototypes.weight" in sd:
+        protos = [int(sd["prototypes.weight"].shape[0])]
+    else:
+        heads = sorted(
+            int(m.group(1))
+            for k in sd
+            if (m := re.match(r"prototypes\.prototypes(\d+)\.weight$", k))
+        )
+        protos = [int(sd[f"prototypes.prototypes{i}.weight"].shape[0]) for i in heads]
+    return hidden, out, protos
+
+
+def _mmselfsup_to_reference(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """backbone.* -> trunk keys; the neck's linear/BN layers -> projection_head.0/1/3;
+    a head's *prototypes.weight -> prototypes.weight."""
+    out = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+    neck = {k[len("neck.") :]: v for k, v in sd.items() if k.startswith("neck.")}
+    linears = sorted(
+        {k.rsplit(".", 1)[0] for k, v in neck.items() if k.endswith(".weight") and v.dim() == 2}
+    )
+    bns = sorted({k.rsplit(".", 1)[0] for k in neck if k.endswith(".running_mean")})
+    if len(linears) == 2 and len(bns) == 1:
+        for dst, src in (
+            ("projection_head.0", linears[0]),
+            ("projection_head.1", bns[0]),
+            ("projection_head.3", linears[1]),
+        ):
+            for k, v in neck.items():
+                if k.startswith(src + "."):
+                    out[dst + k[len(src) :]] = v
+    elif len(linears) == 1 and not bns:
+        for k, v in neck.items():
+            if k.startswith(linears[0] + "."):
+                out["projection_head" + k[len(linears[0]) :]] = v
+    protos = [k for k in sd if k.startswith("head.") and k.endswith("prototypes.weight")]
+    if len(protos) == 1:
+        out["prototypes.weight"] = sd[protos[0]]
+    return out
+
+
+def _check_parts(ignore: Iterable[str]) -> set[str]:
+    ignore = set(ignore)
+    allowed = {"projection_head", "prototypes", "head", "fc", "classifier"}
+    bad = ignore - allowed
+    if bad:
+        raise CheckpointError(
+            f"unknown parts to ignore {sorted(bad)}; choose from {sorted(allowed)}"
+        )
+    if "head" in ignore:
+        ignore |= set(HEAD_PARTS)
+    return ignore
+
+
+def build_from_state_dict(sd: dict[str, Tensor], ignore: Iterable[str] = ()) -> tuple[SwAV, str]:
+    """A SwAV model shaped after the tensors, with every tensor loaded (strict)."""
+    ignore = _check_parts(ignore)
+    name, kwargs = infer_resnet(sd)
+    hidden, out, protos = _head_sizes(sd)
+    if "projection_head" in ignore:
+        hidden = out = 0
+    if "prototypes" in ignore:
+        protos = []
+    backbone = ResNet(**kwargs)
+    model = SwAV(
+        backbone,
+        hidden_mlp=hidden,
+        output_dim=out,
+        n_prototypes=protos[0] if len(protos) == 1 else protos,
+    )
+    sd = {k: v for k, v in sd.items() if not any(k.startswith(p + ".") for p in ignore)}
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(sd))
+    unexpected = sorted(set(sd) - expected)
+    if not expected & set(sd):
+        raise CheckpointError("no key of the file matches the model: nothing would be loaded")
+    if missing or unexpected:
+        raise CheckpointError(
+            f"the file does not match a {name} SwAV model: {len(missing)} missing keys "
+            f"{missing[:8]}{' ...' if len(missing) > 8 else ''}, {len(unexpected)} unexpected "
+            f"keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}. Pass ignore=[...] "
+            "(--ignore) with the parts to leave out (projection_head, prototypes, head, fc)"
+        )
+    for k, v in sd.items():
+        if model.state_dict()[k].shape != v.shape:
+            raise CheckpointError(
+                f"{k}: the file has shape {tuple(v.shape)}, the {name} model "
+                f"{tuple(model.state_dict()[k].shape)}"
+            )
+    model.load_state_dict(sd, strict=True)
+    return model.eval(), name
+
+
+def load_checkpoint(
+    path_or_name: str | Path,
+    ignore: Iterable[str] = (),
+    download: bool = False,
+    map_location: str = "cpu",
+) -> LoadedModel:
+    """Load a checkpoint file, a run directory, or a released checkpoint by name.
+
+    Args:
+        path_or_name: a file, a run directory (its ``checkpoint.pt``), or a name from
+            ``swav.interop.zoo.RELEASED`` (e.g. ``"swav_800ep"``).
+        ignore: parts allowed to be absent or left out: ``projection_head``, ``prototypes``,
+            ``head`` (both), ``fc`` / ``classifier``.
+        download: fetch a released checkpoint into the cache if it is not there yet.
+    """
+    from swav.interop.zoo import RELEASED, fetch
+
+    p = Path(path_or_name).expanduser()
+    if not p.exists() and str(path_or_name) in RELEASED:
+        p = fetch(str(path_or_name), download=download)
+    if p.is_dir():
+        p = p / "checkpoint.pt"
+    if not p.exists():
+        raise FileNotFoundError(
+            f"no checkpoint at {p} (and no released checkpoint of that name; see `swav zoo`)"
+        )
+    obj = safe_load(p, map_location)
+    layout = detect_layout(obj)
+    meta: dict[str, Any] = {"source": str(p), "layout": layout}
+    classifier, classes = None, None
+    if layout == "swav-run":
+        from swav.config import config_from_dict
+        from swav.engine.train import build_swav_model
+
+        cfg = config_from_dict(obj["config"])
+        model = build_swav_model(cfg)
+        model.load_state_dict(obj["model"], strict=True)
+        meta["config"] = obj["config"]
+        meta["epoch"] = obj.get("epoch")
+        return LoadedModel(model.eval(), layout, cfg.model.arch, None, None, meta)
+    if layout == "reference-linear":
+        raise CheckpointError(
+            f"{p} holds only a linear classifier (module.linear.*), no backbone: load it with "
+            "swav.interop.checkpoints.load_linear_head and a backbone checkpoint"
+        )
+    sd = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
+    if layout == "swav-export":
+        meta.update(obj["swav_meta"])
+        sd = dict(sd)
+    elif layout == "mmselfsup":
+        sd = _mmselfsup_to_reference(sd)
+    else:
+        sd = _strip(dict(sd), "module.")
+    if "fc.weight" in sd:
+        w, b = sd.pop("fc.weight"), sd.pop("fc.bias", None)
+        if not {"fc", "classifier"} & set(ignore):
+            classifier = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+            with torch.no_grad():
+                classifier.weight.copy_(w)
+                if b is not None:
+                    classifier.bias.copy_(b)
+    if layout == "torchvision":
+        ignore = set(ignore) | {"head"}
+    model, arch = build_from_state_dict(sd, ignore)
+    return LoadedModel(model, layout, arch, classifier, classes, meta)
+
+
+def load_linear_head(path: str | Path) -> nn.Linear:
+    """The reference linear-evaluation head (``module.linear.weight`` / ``.bias``), or any file
+    with a single ``*.weight`` / ``*.bias`` pair of a linear layer."""
+    obj = safe_load(path)
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    sd = _strip(dict(sd), "module.")
+    weights = [k for k, v in sd.items() if k.endswith("weight") and v.dim() == 2]
+    if len(weights) != 1:
+        raise CheckpointError(f"{path}: expected one linear layer, found {weights}")
+    w = sd[weights[0]]
+    b = sd.get(weights[0][: -len("weight")] + "bias")
+    head = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+    with torch.no_grad():
+        head.weight.copy_(w)
+        if b is not None:
+            head.bias.copy_(b)
+    return head

@@ -1,0 +1,88 @@
+"""Export a trained backbone to the formats other frameworks read.
+
+- ``torchvision``: a bare state dict with torchvision's ResNet key names (``conv1`` ...
+  ``layer4``); ``torchvision.models.resnet50().load_state_dict(sd, strict=False)`` reports only
+  ``fc`` missing. Metadata goes to a ``.json`` file beside it.
+- ``timm``: the same key names (timm's ResNets use torchvision's), as ``.pth``.
+- ``safetensors``: the backbone tensors with the metadata in the header.
+- ``detectron2``: a ``.pkl`` with ``stem.*`` / ``res2`` ... ``res5`` names and numpy arrays, as
+  Detectron2 reads for ResNet transfer to detection.
+- ``swav``: the whole model (heads included) with metadata, loadable by ``load_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from swav.model.swav import SwAV
+
+FORMATS = ("torchvision", "timm", "safetensors", "detectron2", "swav")
+
+
+def backbone_state_dict(model: SwAV) -> dict[str, torch.Tensor]:
+    sd = model.backbone.state_dict()
+    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+
+
+def detectron2_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision ResNet names -> Detectron2 names (num_batches_tracked dropped)."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        name = k if k.startswith("layer") else "stem." + k
+        for t in (1, 2, 3, 4):
+            name = name.replace(f"layer{t}.", f"res{t + 1}.")
+        for t in (1, 2, 3):
+            name = name.replace(f"bn{t}.", f"conv{t}.norm.")
+        name = name.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
+        out[name] = v
+    return out
+
+
+def export_model(
+    model: SwAV, out: str | Path, fmt: str, meta: dict[str, Any] | None = None
+) -> list[Path]:
+    """Write ``model`` in ``fmt``; returns the files written."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta or {})
+    meta.setdefault("num_features", int(model.num_features))
+    meta["format"] = fmt
+    written = [out]
+    if fmt in ("torchvision", "timm"):
+        torch.save(backbone_state_dict(model), out)
+        side = out.with_name(out.name + ".json")
+        side.write_text(json.dumps(meta, indent=2, default=str))
+        written.append(side)
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(
+            backbone_state_dict(model),
+            str(out),
+            metadata={k: json.dumps(v, default=str) for k, v in meta.items()},
+        )
+    elif fmt == "detectron2":
+        model_d2 = {k: v.numpy() for k, v in detectron2_names(backbone_state_dict(model)).items()}
+        with open(out, "wb") as f:
+            pickle.dump(
+                {
+                    "model": model_d2,
+                    "__author__": "swav",
+                    "matching_heuristics": True,
+                    "swav_meta": json.dumps(meta, default=str),
+                },
+                f,
+            )
+    else:
+        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        torch.save({"state_dict": sd, "swav_meta": json.loads(json.dumps(meta, default=str))}, out)
+    return written

@@ -1,0 +1,93 @@
+"""Inference with a trained model: embed images, classify them, assign them to prototypes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from swav.data.sources import ImageSource, load_rgb
+from swav.eval.features import EvalTransform, extract_features
+
+
+@dataclass
+class Embeddings:
+    features: np.ndarray
+    names: list[str]
+    labels: np.ndarray
+
+
+def embed(
+    model: nn.Module,
+    source: ImageSource,
+    transform: EvalTransform,
+    batch_size: int = 256,
+    workers: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> Embeddings:
+    """Backbone features in the source's (sorted, deterministic) order, with names."""
+    f = extract_features(
+        model, source, transform, batch_size, workers, device, with_scores=False, progress=progress
+    )
+    return Embeddings(f.features.numpy(), source.item_names(), f.labels.numpy())
+
+
+def save_embeddings(emb: Embeddings, out: str | Path) -> list[Path]:
+    """``.npy`` (features, plus ``<out>.names.txt``) or ``.parquet`` (name, label, feature)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table(
+            {
+                "name": emb.names,
+                "label": emb.labels.tolist(),
+                "feature": [row.tolist() for row in emb.features],
+            }
+        )
+        pq.write_table(table, out)
+        return [out]
+    np.save(out, emb.features)
+    names = out.with_name(out.stem + ".names.txt")
+    names.write_text("\n".join(emb.names) + "\n")
+    return [out, names]
+
+
+def _images(paths: list[str], transform: EvalTransform) -> torch.Tensor:
+    return torch.stack([transform(load_rgb(p)) for p in paths])
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    classifier: nn.Linear,
+    paths: list[str],
+    transform: EvalTransform,
+    classes: list[str] | None = None,
+    topk: int = 1,
+) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) per image, from backbone features and a linear head."""
+    model.eval()
+    probs = torch.softmax(classifier(model.forward_backbone(_images(paths, transform))), dim=1)
+    p, idx = probs.topk(min(topk, probs.shape[1]), dim=1)
+    out = []
+    for row_p, row_i in zip(p.tolist(), idx.tolist()):
+        out.append([(classes[i] if classes else str(i), pr) for i, pr in zip(row_i, row_p)])
+    return out
+
+
+@torch.no_grad()
+def assign(model: nn.Module, paths: list[str], transform: EvalTransform) -> list[tuple[int, float]]:
+    """(prototype id, cosine score) of each image's highest-scoring prototype (first head)."""
+    model.eval()
+    if getattr(model, "prototypes", None) is None:
+        raise ValueError("this model has no prototypes (a backbone-only checkpoint)")
+    out = model(_images(paths, transform))
+    score, idx = out.scores[0].max(dim=1)
+    return list(zip(idx.tolist(), score.tolist()))
