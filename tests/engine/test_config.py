@@ -26,8 +26,15 @@ def test_reference_recipes_match_the_paper():
 
 
 def test_overrides_are_typed():
-    cfg = build_config(None, ["train.epochs=3", "model.n_prototypes=[10,20]",
-                              "train.channels_last=false", "optim.base_lr=1e-3"])
+    cfg = build_config(
+        None,
+        [
+            "train.epochs=3",
+            "model.n_prototypes=[10,20]",
+            "train.channels_last=false",
+            "optim.base_lr=1e-3",
+        ],
+    )
     assert cfg.train.epochs == 3 and cfg.model.n_prototypes == [10, 20]
     assert cfg.train.channels_last is False and cfg.optim.base_lr == 1e-3
     with pytest.raises(ConfigError, match="expected an integer"):

@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from swav.cli import main
+from swav.config import build_config
+from swav.engine.train import pretrain
+from swav.eval.knn import knn_accuracy
+from tests.conftest import SHARED, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inf") / "run"
+    pretrain(build_config(None, tiny_overrides(d, **{"train.epochs": 1})), progress=False)
+    return d
+
+
+@pytest.mark.skipif(not (SHARED / "imagenette-96.tar.gz").exists(), reason="no shared data")
+def test_embed_knn_equals_eval_knn(run_dir, tmp_path, capsys):
+    data = str(SHARED / "imagenette-96.tar.gz")
+    for split in ("train", "val"):
+        assert (
+            main(
+                [
+                    "embed",
+                    data,
+                    "--split",
+                    split,
+                    "--checkpoint",
+                    str(run_dir),
+                    "--out",
+                    str(tmp_path / f"{split}.npy"),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
+    names = (tmp_path / "train.names.txt").read_text().split()
+    assert len(names) == 9469 and names == sorted(names)
+    ftr, fte = np.load(tmp_path / "train.npy"), np.load(tmp_path / "val.npy")
+    assert fte.shape[0] == 3925
+
+    def labels(names):
+        wnids = sorted({n.split("/")[-2] for n in names})
+        return torch.tensor([wnids.index(n.split("/")[-2]) for n in names])
+
+    vnames = (tmp_path / "val.names.txt").read_text().split()
+    mine = knn_accuracy(
+        torch.from_numpy(ftr), labels(names), torch.from_numpy(fte), labels(vnames), ks=(20,)
+    )[20]["top1"]
+    out = tmp_path / "knn.json"
+    assert (
+        main(
+            [
+                "eval",
+                "knn",
+                "--checkpoint",
+                str(run_dir),
+                "--data",
+                data,
+                "--train-split",
+                "train",
+                "--test-split",
+                "val",
+                "--k",
+                "20",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    import json
+
+    assert json.loads(out.read_text())["results"]["k=20"]["top1"] == pytest.approx(mine)
+
+
+def test_embed_parquet_and_predict_assign(run_dir, tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i * 80, 0, 0)).save(imgs / f"{i}.png")
+    assert (
+        main(
+            [
+                "embed",
+                str(imgs),
+                "--checkpoint",
+                str(run_dir),
+                "--out",
+                str(tmp_path / "f.parquet"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(tmp_path / "f.parquet")
+    assert t.column("name").to_pylist() == ["0.png", "1.png", "2.png"]
+    capsys.readouterr()
+    paths = [str(imgs / f"{i}.png") for i in range(3)]
+    assert main(["assign", *paths, "--checkpoint", str(run_dir)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all("prototype" in ln for ln in lines)
+
+
+def test_predict_with_torchvision_classifier(tmp_path, capsys):
+    import torchvision
+
+    tv = torchvision.models.resnet18(num_classes=3)
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    img = tmp_path / "a.png"
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(img)
+    (tmp_path / "classes.txt").write_text("cat\ndog\nfrog\n")
+    assert (
+        main(
+            [
+                "predict",
+                str(img),
+                "--checkpoint",
+                str(tmp_path / "tv.pth"),
+                "--classes",
+                str(tmp_path / "classes.txt"),
+                "--size",
+                "32",
+                "--topk",
+                "2",
+            ]
+        )
+        == 0
+    )
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(img)) and sum(c in line for c in ("cat", "dog", "frog")) == 2
