@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from swav.config import Config, ConfigError, build_config, describe_options, presets
 from swav.cli import main
+from swav.config import Config, ConfigError, build_config, describe_options, presets
 
 
 @pytest.mark.parametrize("name", presets())
