@@ -559,6 +559,7 @@ def _flush(pending, epoch, writer, monitor, codes, bar, images_per_s, ckpt_path)
             img_s=f"{images_per_s:.0f}",
             refresh=False,
         )
+    writer.flush()
     return values[-1]
 
 
