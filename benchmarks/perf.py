@@ -1,0 +1,326 @@
+"""Speed and memory benchmarks, each side by side with its peer in the same process, timed
+alternately (A, B, A, B, ...), reported as a ratio.
+
+    python benchmarks/perf.py                 # everything; writes results/perf.json
+    python benchmarks/perf.py --only sinkhorn # one part
+
+Parts: matmul peak (fp32, bf16), training step (ours vs lightly's SwaV pieces, ResNet-18
+2x64 + 4x32 batch 64; ResNet-50 2x224 + 6x96 batch 32), multi-crop augmentation per core (ours vs
+lightly's SwaVTransform), Sinkhorn B=4096 K=3000 (ours vs the naive formula). Peak memory of each
+side is measured in a fresh subprocess (--memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "data"
+
+
+def timeit(fn, reps: int) -> list[float]:
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def alternate(a, b, rounds: int, reps: int, warmup: int = 1) -> tuple[list[float], list[float]]:
+    for _ in range(warmup):
+        a()
+        b()
+    ta, tb = [], []
+    for _ in range(rounds):
+        ta += timeit(a, reps)
+        tb += timeit(b, reps)
+    return ta, tb
+
+
+# ------------------------------------------------------------------------------------ peak
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = min(timeit(lambda: a @ b, reps))
+    return 2 * n**3 / best / 1e9
+
+
+# ------------------------------------------------------------------------------------ sinkhorn
+
+
+def naive_sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.Tensor:
+    """The formula of the paper written naively: exp, then alternating normalisations."""
+    q = torch.exp(scores / eps).t()
+    k, b = q.shape
+    q = q / torch.sum(q)
+    for _ in range(iters):
+        q = q / torch.sum(q, dim=1, keepdim=True)
+        q = q / k
+        q = q / torch.sum(q, dim=0, keepdim=True)
+        q = q / b
+    q = q * b
+    return q.t()
+
+
+def bench_sinkhorn(rounds=5, reps=3) -> dict:
+    from swav import sinkhorn
+
+    g = torch.Generator().manual_seed(0)
+    z = F.normalize(torch.randn(4096, 128, generator=g), dim=1)
+    c = F.normalize(torch.randn(3000, 128, generator=g), dim=1)
+    s = z @ c.t()
+    assert torch.allclose(sinkhorn(s), naive_sinkhorn(s), atol=1e-5)
+    ta, tb = alternate(lambda: sinkhorn(s), lambda: naive_sinkhorn(s), rounds, reps)
+    ours, naive = statistics.median(ta), statistics.median(tb)
+    return {"B": 4096, "K": 3000, "iterations": 3, "dtype": "fp32",
+            "ours_ms": round(ours * 1e3, 1), "naive_ms": round(naive * 1e3, 1),
+            "speedup": round(naive / ours, 2)}
+
+
+# ------------------------------------------------------------------------------------ multi-crop
+
+
+def test_jpeg() -> bytes:
+    """A real photo (an Imagenette image) resized to 500 x 375, as JPEG quality 90."""
+    from PIL import Image
+
+    from swav.data.sources import load_rgb, open_source
+
+    src = open_source(str(SHARED / "imagenette-96.tar.gz"), "val")
+    img = load_rgb(src[0][0]).resize((500, 375), Image.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def lightly_transform():
+    from lightly.transforms.swav_transform import SwaVTransform
+
+    return SwaVTransform(crop_sizes=(224, 96), crop_counts=(2, 6), crop_min_scales=(0.14, 0.05),
+                         crop_max_scales=(1.0, 0.14), hf_prob=0.5, vf_prob=0.0, rr_prob=0.0,
+                         cj_prob=0.8, cj_strength=1.0, cj_bright=0.8, cj_contrast=0.8,
+                         cj_sat=0.8, cj_hue=0.2, random_gray_scale=0.2, gaussian_blur=0.5,
+                         sigmas=(0.1, 2.0))
+
+
+def bench_multicrop(rounds=5, reps=20) -> dict:
+    from swav.data.multicrop import MultiCrop
+    from swav.data.sources import load_rgb
+
+    torch.set_num_threads(1)
+    jpeg = test_jpeg()
+    ours = MultiCrop()
+    theirs = lightly_transform()
+    a = lambda: ours(load_rgb(jpeg))  # noqa: E731
+    b = lambda: theirs(load_rgb(jpeg))  # noqa: E731
+    assert len(a()) == len(b()) == 8
+    ta, tb = alternate(a, b, rounds, reps)
+    ours_ips, theirs_ips = 1 / statistics.median(ta), 1 / statistics.median(tb)
+    return {"crops": "2x224 + 6x96", "image": "500x375 JPEG (decode included)", "threads": 1,
+            "ours_images_per_s": round(ours_ips, 1), "lightly_images_per_s": round(theirs_ips, 1),
+            "speedup": round(ours_ips / theirs_ips, 2)}
+
+
+# ------------------------------------------------------------------------------------ train step
+
+
+SETUPS = {
+    "resnet18": dict(arch="resnet18", feat=512, crops=[(2, 64), (4, 32)], batch=64, rounds=3,
+                     reps=3),
+    "resnet50": dict(arch="resnet50", feat=2048, crops=[(2, 224), (6, 96)], batch=32, rounds=1,
+                     reps=2),
+}
+
+
+def make_crops(setup, channels_last: bool) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for n, size in setup["crops"]:
+        for _ in range(n):
+            x = torch.randn(setup["batch"], 3, size, size, generator=g)
+            out.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    return out
+
+
+def our_step(setup):
+    from swav.engine.optim import build_optimizer
+    from swav.engine.train import resolve_precision, swav_loss_step
+    from swav.model import build_model
+
+    model = build_model(setup["arch"], 2048, 128, 3000).to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, "lars", 0.1)
+    crops = make_crops(setup, True)
+    dtype = resolve_precision("auto", torch.device("cpu"))
+    n_crops = len(crops)
+
+    def step():
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out = model(crops)
+        loss, _ = swav_loss_step(model, out, setup["batch"], [0, 1], None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step.model, step.crops, step.n_crops = model, crops, n_crops
+    step.precision = "bf16" if dtype is torch.bfloat16 else "fp32"
+    return step
+
+
+def lightly_step(setup):
+    import torchvision
+    from lightly.loss import SwaVLoss
+    from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
+    from lightly.utils.lars import LARS
+
+    class LightlySwaV(nn.Module):  # the structure of lightly's SwaV example
+        def __init__(self):
+            super().__init__()
+            resnet = getattr(torchvision.models, setup["arch"])()
+            self.backbone = nn.Sequential(*list(resnet.children())[:-1])
+            self.projection_head = SwaVProjectionHead(setup["feat"], 2048, 128)
+            self.prototypes = SwaVPrototypes(128, n_prototypes=3000)
+
+        def forward(self, x):
+            x = self.backbone(x).flatten(start_dim=1)
+            x = self.projection_head(x)
+            x = F.normalize(x, dim=1, p=2)
+            return self.prototypes(x)
+
+    model = LightlySwaV()
+    criterion = SwaVLoss()
+    opt = LARS(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-6)
+    crops = make_crops(setup, False)
+
+    def step():
+        model.prototypes.normalize()
+        outs = [model(c) for c in crops]
+        loss = criterion(outs[:2], outs[2:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def step_flops(step) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def bench_step(name: str, peaks: dict) -> dict:
+    setup = SETUPS[name]
+    torch.manual_seed(0)
+    a, b = our_step(setup), lightly_step(setup)
+    flops = step_flops(a)
+    ta, tb = alternate(a, b, setup["rounds"], setup["reps"])
+    images = setup["batch"]
+    ours_s, theirs_s = statistics.median(ta), statistics.median(tb)
+    achieved = flops / ours_s / 1e9
+    peak = peaks["bf16" if a.precision == "bf16" else "fp32"]
+    return {"arch": setup["arch"], "crops": " + ".join(f"{n}x{s}" for n, s in setup["crops"]),
+            "batch": images, "precision_ours": a.precision, "precision_lightly": "fp32",
+            "ours_images_per_s": round(images / ours_s, 1),
+            "lightly_images_per_s": round(images / theirs_s, 1),
+            "speedup": round(theirs_s / ours_s, 2),
+            "flops_per_step_G": round(flops / 1e9, 1),
+            "achieved_GFLOPs": round(achieved, 1), "peak_GFLOPs": round(peak, 1),
+            "fraction_of_peak": round(achieved / peak, 2)}
+
+
+# ------------------------------------------------------------------------------------ memory
+
+
+def memory_of(part: str) -> float:
+    """Peak RSS (MB) of a fresh process that runs one side of one part."""
+    code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import perf; "
+            f"perf._memory_target({part!r})")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def _memory_target(part: str) -> None:
+    side, what = part.split(":")
+    if what == "sinkhorn":
+        from swav import sinkhorn
+
+        s = F.normalize(torch.randn(4096, 128), dim=1) @ F.normalize(torch.randn(3000, 128),
+                                                                     dim=1).t()
+        (sinkhorn if side == "ours" else naive_sinkhorn)(s)
+    elif what == "multicrop":
+        from swav.data.multicrop import MultiCrop
+        from swav.data.sources import load_rgb
+
+        jpeg = test_jpeg()
+        t = MultiCrop() if side == "ours" else lightly_transform()
+        for _ in range(5):
+            t(load_rgb(jpeg))
+    else:
+        step = (our_step if side == "ours" else lightly_step)(SETUPS[what])
+        step()
+        step()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="parts: peak sinkhorn multicrop resnet18 resnet50")
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory per side")
+    ap.add_argument("--out", default=str(HERE / "results" / "perf.json"))
+    args = ap.parse_args()
+    parts = args.only or ["peak", "sinkhorn", "multicrop", "resnet18", "resnet50"]
+    out_path = Path(args.out)
+    record = json.loads(out_path.read_text()) if out_path.exists() else {}
+    record["machine"] = {"cpu": platform.processor() or platform.machine(),
+                         "threads": torch.get_num_threads(), "torch": torch.__version__,
+                         "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if "peak" in parts or "peak" not in record:
+        record["peak"] = {"fp32": round(matmul_peak(torch.float32), 1),
+                          "bf16": round(matmul_peak(torch.bfloat16), 1)}
+        print("matmul peak GFLOP/s", record["peak"], flush=True)
+    for part in parts:
+        if part == "peak":
+            continue
+        threads = torch.get_num_threads()
+        if part == "sinkhorn":
+            r = bench_sinkhorn()
+        elif part == "multicrop":
+            r = bench_multicrop()
+            torch.set_num_threads(threads)
+        else:
+            r = bench_step(part, record["peak"])
+        if args.memory:
+            r["peak_rss_mb_ours"] = round(memory_of(f"ours:{part}"), 0)
+            r["peak_rss_mb_peer"] = round(memory_of(f"peer:{part}"), 0)
+        r["command"] = f"python benchmarks/perf.py --only {part}" + (
+            " --memory" if args.memory else "")
+        record[part] = r
+        print(part, json.dumps(r), flush=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    np.random.seed(0)
+    main()
