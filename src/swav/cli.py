@@ -158,6 +158,17 @@ def _common_eval(p) -> None:
         "else eval_results/<protocol>.json)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _ignore_arg(p)
+
+
+def _ignore_arg(p) -> None:
+    p.add_argument(
+        "--ignore",
+        nargs="*",
+        default=[],
+        choices=["projection_head", "prototypes", "head", "fc", "classifier"],
+        help="checkpoint parts allowed to be missing or left out (default: none)",
+    )
 
 
 def _out_path(args, protocol: str) -> Path:
@@ -311,6 +322,7 @@ def _add_interop(sub) -> None:
     )
     x.add_argument("--out", required=True, help="output file")
     x.add_argument("--download", action="store_true", help="fetch a released checkpoint")
+    _ignore_arg(x)
     x.set_defaults(func=_cmd_export)
     em = sub.add_parser("embed", help="backbone features of every image, in order")
     em.add_argument("data", help="folder, archive or dataset name")
@@ -320,6 +332,7 @@ def _add_interop(sub) -> None:
     em.add_argument("--out", required=True, help=".npy (+ .names.txt) or .parquet")
     em.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
     em.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _ignore_arg(em)
     em.set_defaults(func=_cmd_embed)
     pr = sub.add_parser("predict", help="class and score per image (backbone + linear head)")
     pr.add_argument("images", nargs="+", help="image files")
@@ -372,7 +385,7 @@ def _cmd_export(args) -> int:
     from swav.interop.checkpoints import load_checkpoint
     from swav.interop.export import export_model
 
-    loaded = load_checkpoint(args.checkpoint, download=args.download)
+    loaded = load_checkpoint(args.checkpoint, ignore=args.ignore, download=args.download)
     meta = {
         "arch": loaded.arch,
         "source": loaded.meta["source"],
@@ -389,7 +402,7 @@ def _cmd_embed(args) -> int:
     from swav.interop.checkpoints import load_checkpoint
     from swav.interop.inference import embed, save_embeddings
 
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(args.checkpoint, ignore=args.ignore)
     src = open_source(args.data, args.split)
     emb = embed(
         loaded.model,

@@ -143,6 +143,7 @@ def _finish(
 
 def run_knn(
     checkpoint,
+    ignore=(),
     data=None,
     train_split=None,
     test_split=None,
@@ -158,7 +159,9 @@ def run_knn(
     progress=False,
 ) -> dict[str, Any]:
     t = time.time()
-    loaded, d = prepare(checkpoint, data, train_split, test_split, size, limit, seed=seed)
+    loaded, d = prepare(
+        checkpoint, data, train_split, test_split, size, limit, seed=seed, ignore=ignore
+    )
     ftr, fte = _features(loaded, d, cache_dir, batch_size, workers, progress)
     res = knn_accuracy(ftr.features, ftr.labels, fte.features, fte.labels, ks, temperature)
     return _finish(
@@ -175,6 +178,7 @@ def run_knn(
 
 def run_cluster(
     checkpoint,
+    ignore=(),
     data=None,
     train_split=None,
     test_split=None,
@@ -187,7 +191,9 @@ def run_cluster(
     progress=False,
 ) -> dict[str, Any]:
     t = time.time()
-    loaded, d = prepare(checkpoint, data, train_split, test_split, size, limit, seed=seed)
+    loaded, d = prepare(
+        checkpoint, data, train_split, test_split, size, limit, seed=seed, ignore=ignore
+    )
     if loaded.model.prototypes is None:
         raise ValueError("this checkpoint has no prototypes: clustering needs a SwAV model")
     f = extract_features(
@@ -201,6 +207,7 @@ def run_cluster(
 
 def run_linear(
     checkpoint,
+    ignore=(),
     data=None,
     train_split=None,
     test_split=None,
@@ -220,7 +227,9 @@ def run_linear(
     progress=False,
 ) -> dict[str, Any]:
     t = time.time()
-    loaded, d = prepare(checkpoint, data, train_split, test_split, size, limit, seed=seed)
+    loaded, d = prepare(
+        checkpoint, data, train_split, test_split, size, limit, seed=seed, ignore=ignore
+    )
     settings = {
         "epochs": epochs,
         "batch_size": batch_size,
@@ -277,6 +286,7 @@ def run_linear(
 
 def run_semisup(
     checkpoint,
+    ignore=(),
     data=None,
     train_split=None,
     test_split=None,
@@ -292,7 +302,9 @@ def run_semisup(
     out=None,
 ) -> dict[str, Any]:
     t = time.time()
-    loaded, d = prepare(checkpoint, data, train_split, test_split, size, limit, seed=seed)
+    loaded, d = prepare(
+        checkpoint, data, train_split, test_split, size, limit, seed=seed, ignore=ignore
+    )
     if subset_file:
         idx = subset_from_file(d.train.item_names(), subset_file)
     else:
@@ -328,6 +340,7 @@ def run_semisup(
 
 def run_lowshot(
     checkpoint,
+    ignore=(),
     data=None,
     train_split=None,
     test_split=None,
@@ -343,7 +356,9 @@ def run_lowshot(
     progress=False,
 ) -> dict[str, Any]:
     t = time.time()
-    loaded, d = prepare(checkpoint, data, train_split, test_split, size, limit, seed=seed)
+    loaded, d = prepare(
+        checkpoint, data, train_split, test_split, size, limit, seed=seed, ignore=ignore
+    )
     ftr, fte = _features(loaded, d, cache_dir, batch_size, workers, progress)
     res = lowshot_svm(
         ftr.features.numpy(),
