@@ -89,9 +89,15 @@ def bench_sinkhorn(rounds=5, reps=3) -> dict:
     assert torch.allclose(sinkhorn(s), naive_sinkhorn(s), atol=1e-5)
     ta, tb = alternate(lambda: sinkhorn(s), lambda: naive_sinkhorn(s), rounds, reps)
     ours, naive = statistics.median(ta), statistics.median(tb)
-    return {"B": 4096, "K": 3000, "iterations": 3, "dtype": "fp32",
-            "ours_ms": round(ours * 1e3, 1), "naive_ms": round(naive * 1e3, 1),
-            "speedup": round(naive / ours, 2)}
+    return {
+        "B": 4096,
+        "K": 3000,
+        "iterations": 3,
+        "dtype": "fp32",
+        "ours_ms": round(ours * 1e3, 1),
+        "naive_ms": round(naive * 1e3, 1),
+        "speedup": round(naive / ours, 2),
+    }
 
 
 # ------------------------------------------------------------------------------------ multi-crop
@@ -113,11 +119,24 @@ def test_jpeg() -> bytes:
 def lightly_transform():
     from lightly.transforms.swav_transform import SwaVTransform
 
-    return SwaVTransform(crop_sizes=(224, 96), crop_counts=(2, 6), crop_min_scales=(0.14, 0.05),
-                         crop_max_scales=(1.0, 0.14), hf_prob=0.5, vf_prob=0.0, rr_prob=0.0,
-                         cj_prob=0.8, cj_strength=1.0, cj_bright=0.8, cj_contrast=0.8,
-                         cj_sat=0.8, cj_hue=0.2, random_gray_scale=0.2, gaussian_blur=0.5,
-                         sigmas=(0.1, 2.0))
+    return SwaVTransform(
+        crop_sizes=(224, 96),
+        crop_counts=(2, 6),
+        crop_min_scales=(0.14, 0.05),
+        crop_max_scales=(1.0, 0.14),
+        hf_prob=0.5,
+        vf_prob=0.0,
+        rr_prob=0.0,
+        cj_prob=0.8,
+        cj_strength=1.0,
+        cj_bright=0.8,
+        cj_contrast=0.8,
+        cj_sat=0.8,
+        cj_hue=0.2,
+        random_gray_scale=0.2,
+        gaussian_blur=0.5,
+        sigmas=(0.1, 2.0),
+    )
 
 
 def bench_multicrop(rounds=5, reps=20) -> dict:
@@ -133,19 +152,26 @@ def bench_multicrop(rounds=5, reps=20) -> dict:
     assert len(a()) == len(b()) == 8
     ta, tb = alternate(a, b, rounds, reps)
     ours_ips, theirs_ips = 1 / statistics.median(ta), 1 / statistics.median(tb)
-    return {"crops": "2x224 + 6x96", "image": "500x375 JPEG (decode included)", "threads": 1,
-            "ours_images_per_s": round(ours_ips, 1), "lightly_images_per_s": round(theirs_ips, 1),
-            "speedup": round(ours_ips / theirs_ips, 2)}
+    return {
+        "crops": "2x224 + 6x96",
+        "image": "500x375 JPEG (decode included)",
+        "threads": 1,
+        "ours_images_per_s": round(ours_ips, 1),
+        "lightly_images_per_s": round(theirs_ips, 1),
+        "speedup": round(ours_ips / theirs_ips, 2),
+    }
 
 
 # ------------------------------------------------------------------------------------ train step
 
 
 SETUPS = {
-    "resnet18": dict(arch="resnet18", feat=512, crops=[(2, 64), (4, 32)], batch=64, rounds=3,
-                     reps=3),
-    "resnet50": dict(arch="resnet50", feat=2048, crops=[(2, 224), (6, 96)], batch=32, rounds=1,
-                     reps=2),
+    "resnet18": dict(
+        arch="resnet18", feat=512, crops=[(2, 64), (4, 32)], batch=64, rounds=3, reps=3
+    ),
+    "resnet50": dict(
+        arch="resnet50", feat=2048, crops=[(2, 224), (6, 96)], batch=32, rounds=1, reps=2
+    ),
 }
 
 
@@ -239,14 +265,20 @@ def bench_step(name: str, peaks: dict) -> dict:
     ours_s, theirs_s = statistics.median(ta), statistics.median(tb)
     achieved = flops / ours_s / 1e9
     peak = peaks["bf16" if a.precision == "bf16" else "fp32"]
-    return {"arch": setup["arch"], "crops": " + ".join(f"{n}x{s}" for n, s in setup["crops"]),
-            "batch": images, "precision_ours": a.precision, "precision_lightly": "fp32",
-            "ours_images_per_s": round(images / ours_s, 1),
-            "lightly_images_per_s": round(images / theirs_s, 1),
-            "speedup": round(theirs_s / ours_s, 2),
-            "flops_per_step_G": round(flops / 1e9, 1),
-            "achieved_GFLOPs": round(achieved, 1), "peak_GFLOPs": round(peak, 1),
-            "fraction_of_peak": round(achieved / peak, 2)}
+    return {
+        "arch": setup["arch"],
+        "crops": " + ".join(f"{n}x{s}" for n, s in setup["crops"]),
+        "batch": images,
+        "precision_ours": a.precision,
+        "precision_lightly": "fp32",
+        "ours_images_per_s": round(images / ours_s, 1),
+        "lightly_images_per_s": round(images / theirs_s, 1),
+        "speedup": round(theirs_s / ours_s, 2),
+        "flops_per_step_G": round(flops / 1e9, 1),
+        "achieved_GFLOPs": round(achieved, 1),
+        "peak_GFLOPs": round(peak, 1),
+        "fraction_of_peak": round(achieved / peak, 2),
+    }
 
 
 # ------------------------------------------------------------------------------------ memory
@@ -254,8 +286,9 @@ def bench_step(name: str, peaks: dict) -> dict:
 
 def memory_of(part: str) -> float:
     """Peak RSS (MB) of a fresh process that runs one side of one part."""
-    code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import perf; "
-            f"perf._memory_target({part!r})")
+    code = (
+        f"import sys; sys.path.insert(0, {str(HERE)!r}); import perf; perf._memory_target({part!r})"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
 
@@ -265,8 +298,10 @@ def _memory_target(part: str) -> None:
     if what == "sinkhorn":
         from swav import sinkhorn
 
-        s = F.normalize(torch.randn(4096, 128), dim=1) @ F.normalize(torch.randn(3000, 128),
-                                                                     dim=1).t()
+        s = (
+            F.normalize(torch.randn(4096, 128), dim=1)
+            @ F.normalize(torch.randn(3000, 128), dim=1).t()
+        )
         (sinkhorn if side == "ours" else naive_sinkhorn)(s)
     elif what == "multicrop":
         from swav.data.multicrop import MultiCrop
@@ -284,20 +319,26 @@ def _memory_target(part: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", nargs="*", default=None,
-                    help="parts: peak sinkhorn multicrop resnet18 resnet50")
+    ap.add_argument(
+        "--only", nargs="*", default=None, help="parts: peak sinkhorn multicrop resnet18 resnet50"
+    )
     ap.add_argument("--memory", action="store_true", help="also measure peak memory per side")
     ap.add_argument("--out", default=str(HERE / "results" / "perf.json"))
     args = ap.parse_args()
     parts = args.only or ["peak", "sinkhorn", "multicrop", "resnet18", "resnet50"]
     out_path = Path(args.out)
     record = json.loads(out_path.read_text()) if out_path.exists() else {}
-    record["machine"] = {"cpu": platform.processor() or platform.machine(),
-                         "threads": torch.get_num_threads(), "torch": torch.__version__,
-                         "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    record["machine"] = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
     if "peak" in parts or "peak" not in record:
-        record["peak"] = {"fp32": round(matmul_peak(torch.float32), 1),
-                          "bf16": round(matmul_peak(torch.bfloat16), 1)}
+        record["peak"] = {
+            "fp32": round(matmul_peak(torch.float32), 1),
+            "bf16": round(matmul_peak(torch.bfloat16), 1),
+        }
         print("matmul peak GFLOP/s", record["peak"], flush=True)
     for part in parts:
         if part == "peak":
@@ -314,7 +355,8 @@ def main() -> None:
             r["peak_rss_mb_ours"] = round(memory_of(f"ours:{part}"), 0)
             r["peak_rss_mb_peer"] = round(memory_of(f"peer:{part}"), 0)
         r["command"] = f"python benchmarks/perf.py --only {part}" + (
-            " --memory" if args.memory else "")
+            " --memory" if args.memory else ""
+        )
         record[part] = r
         print(part, json.dumps(r), flush=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -104,3 +104,75 @@ def test_invalid_config():
         MultiCrop(n_crops=[2, 6], sizes=[224, 96], min_scale=[0.14], max_scale=[1, 0.14])
     with pytest.raises(ValueError, match="scale bounds"):
         MultiCropConfig(n_crops=[1], sizes=[8], min_scale=[0.5], max_scale=[0.2]).validate()
+
+
+def test_batched_hue_equals_torchvision():
+    from torchvision.transforms.v2 import functional as TF
+
+    from swav.data.multicrop import adjust_hue
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 3, 17, 19, generator=g)
+    x[0, :, :3] = 0.5  # grey pixels have no hue
+    shift = torch.tensor([0.0, 0.1, -0.2, 0.5, -0.5])
+    ref = torch.stack([TF.adjust_hue(x[i], float(shift[i])) for i in range(5)])
+    assert torch.allclose(adjust_hue(x, shift), ref, atol=1e-5)
+
+
+def test_batched_blur_equals_per_image_blur():
+    from swav.data.multicrop import _blur_batch, gaussian_blur
+
+    x = torch.rand(4, 3, 30, 30, generator=torch.Generator().manual_seed(1))
+    sigmas = [0.1, 0.7, 1.3, 2.0]
+    ref = torch.stack([gaussian_blur(x[i], s) for i, s in enumerate(sigmas)])
+    assert torch.allclose(_blur_batch(x, sigmas), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["pil", "tensor"])
+def test_backends_agree_without_photometric_ops(backend):
+    mc = MultiCrop(
+        n_crops=[2, 2],
+        sizes=[32, 16],
+        min_scale=[0.3, 0.1],
+        max_scale=[1, 0.3],
+        jitter_prob=0,
+        grayscale_prob=0,
+        blur_prob=0,
+        backend=backend,
+    )
+    ref = MultiCrop(
+        n_crops=[2, 2],
+        sizes=[32, 16],
+        min_scale=[0.3, 0.1],
+        max_scale=[1, 0.3],
+        jitter_prob=0,
+        grayscale_prob=0,
+        blur_prob=0,
+        backend="tensor",
+    )
+    a = mc(image(), torch.Generator().manual_seed(3))
+    b = ref(image(), torch.Generator().manual_seed(3))
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("backend", ["pil", "tensor"])
+def test_jitter_changes_colour_statistics_alike(backend):
+    # brightness only, factor in [0.5, 1.5]: mean intensity ratio within that range
+    mc = MultiCrop(
+        n_crops=[8],
+        sizes=[16],
+        min_scale=[1.0],
+        max_scale=[1.0],
+        flip_prob=0,
+        jitter=[0.5, 0, 0, 0],
+        jitter_prob=1,
+        grayscale_prob=0,
+        blur_prob=0,
+        mean=[0, 0, 0],
+        std=[1, 1, 1],
+        backend=backend,
+    )
+    img = Image.new("RGB", (16, 16), (100, 100, 100))
+    out = torch.stack(mc(img, torch.Generator().manual_seed(0)))
+    ratios = out.mean(dim=(1, 2, 3)) / (100 / 255)
+    assert ratios.min() >= 0.49 and ratios.max() <= 1.51 and ratios.std() > 0.05
