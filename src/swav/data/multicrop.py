@@ -217,7 +217,7 @@ def _blur_batch(x: Tensor, sigmas: list[float]) -> Tensor:
     for i, k in enumerate(kernels):
         kr = k.numel() // 2
         bank[i, r - kr : r + kr + 1] = k
-    weight = bank.repeat_interleave(ch, dim=0)  # (n * ch) x (2r + 1)
+    weight = bank.repeat_interleave(ch, dim=0).to(x.device)  # (n * ch) x (2r + 1)
     y = x.reshape(1, n * ch, h, w)
     y = F.conv2d(
         F.pad(y, (r, r, 0, 0), mode="reflect"), weight.view(n * ch, 1, 1, -1), groups=n * ch
@@ -237,16 +237,26 @@ class MultiCrop:
     per-operation overhead of small crops.
     """
 
-    def __init__(self, config: MultiCropConfig | None = None, **overrides) -> None:
+    def __init__(
+        self,
+        config: MultiCropConfig | None = None,
+        device: str | torch.device | None = None,
+        **overrides,
+    ) -> None:
+        """``device``: run the crops and the photometric work there (e.g. ``"cuda"``, for when
+        the CPU cannot keep up); it implies the batched tensor backend."""
         config = config or MultiCropConfig()
         for k, v in overrides.items():
             if not hasattr(config, k):
                 raise TypeError(f"unknown multi-crop parameter {k!r}")
             setattr(config, k, v)
+        self.device = torch.device(device) if device is not None else None
+        if self.device is not None:
+            config.backend = "tensor"
         config.validate()
         self.config = config
-        self._mean = torch.tensor(config.mean).view(1, 3, 1, 1)
-        self._std = torch.tensor(config.std).view(1, 3, 1, 1)
+        self._mean = torch.tensor(config.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(config.std, device=self.device).view(1, 3, 1, 1)
 
     @property
     def groups(self) -> list[tuple[int, int]]:
@@ -257,6 +267,8 @@ class MultiCrop:
         self, img: Image.Image | np.ndarray | Tensor, generator: torch.Generator | None = None
     ) -> list[Tensor]:
         src = to_uint8_tensor(img)
+        if self.device is not None:
+            src = src.to(self.device, non_blocking=True)
         cfg = self.config
         crops: list[Tensor] = []
         for n, size, lo, hi in zip(cfg.n_crops, cfg.sizes, cfg.min_scale, cfg.max_scale):
@@ -352,6 +364,7 @@ class MultiCrop:
         uniformly, applied in a random order of the four, each clamped to [0, 1]."""
         n = x.shape[0]
         factors, order = self._jitter_params(n, generator)
+        factors = factors.to(x.device)
         for slot in range(4):
             for op in range(4):
                 if not self._active[op]:
