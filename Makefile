@@ -22,7 +22,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[bench]'
+	$(PY) benchmarks/perf.py --memory && $(PY) benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

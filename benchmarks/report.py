@@ -1,0 +1,82 @@
+"""Render benchmarks/results/*.json into benchmarks/RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def quality_table(records: list[dict]) -> list[str]:
+    lines = [
+        "| run | epochs (iterations) | train time | peak RSS | model | kNN k=20 | kNN k=200 "
+        "| linear (fast) | cluster NMI |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        for side in ("trained", "random_init"):
+            m = r[side]
+            name = f"{r['name']}" if side == "trained" else ""
+            ep = f"{r['epochs']} ({r['iterations']})" if side == "trained" else ""
+            tt = f"{r['train_seconds'] / 60:.1f} min" if side == "trained" else ""
+            mem = f"{r['peak_rss_mb'] / 1024:.1f} GB" if side == "trained" else ""
+            label = "SwAV" if side == "trained" else "random init"
+            lines.append(
+                f"| {name} | {ep} | {tt} | {mem} | {label} | {m['knn_k20']:.1f} | "
+                f"{m['knn_k200']:.1f} | {m['linear_fast']:.1f} | {m.get('nmi', float('nan')):.3f} |"
+            )
+    return lines
+
+
+def main() -> None:
+    out = ["# Recorded benchmark results", "",
+           "Produced by the commands below on the 2-core CPU development machine "
+           "(AMD EPYC, AVX2, no AVX-512 / bf16 support, so fp32 throughout). Regenerate this "
+           "page with `python benchmarks/report.py`.", ""]
+    quality = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("quality_*.json"))]
+    if quality:
+        out += ["## Pretraining quality (trained vs randomly initialised backbone)", ""]
+        out += quality_table(quality)
+        out += ["", "Commands:", ""]
+        out += [f"- `{r['command']}`" for r in quality]
+        out += [""]
+    perf_path = HERE / "results" / "perf.json"
+    if perf_path.exists():
+        p = json.loads(perf_path.read_text())
+        out += ["## Speed, side by side in one process (alternating)", "",
+                f"Machine: {p['machine']}. Matmul peak: fp32 {p['peak']['fp32']} GFLOP/s, "
+                f"bf16 {p['peak']['bf16']} GFLOP/s.", ""]
+        out += ["| benchmark | ours | peer | ratio | notes | command |", "|---|---|---|---|---|---|"]
+        for key in ("resnet18", "resnet50"):
+            if key in p:
+                r = p[key]
+                notes = (f"{r['crops']}, batch {r['batch']}, {r['precision_ours']}; "
+                         f"{r['achieved_GFLOPs']} GFLOP/s = {r['fraction_of_peak']:.0%} of peak")
+                if "peak_rss_mb_ours" in r:
+                    notes += f"; peak RSS {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
+                out.append(f"| training step {r['arch']} (images/s) | {r['ours_images_per_s']} | "
+                           f"lightly {r['lightly_images_per_s']} | {r['speedup']}x | {notes} | "
+                           f"`{r['command']}` |")
+        if "multicrop" in p:
+            r = p["multicrop"]
+            notes = f"{r['crops']} from a {r['image']}, 1 thread"
+            if "peak_rss_mb_ours" in r:
+                notes += f"; peak RSS {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
+            out.append(f"| multi-crop (images/s per core) | {r['ours_images_per_s']} | lightly "
+                       f"SwaVTransform {r['lightly_images_per_s']} | {r['speedup']}x | {notes} | "
+                       f"`{r['command']}` |")
+        if "sinkhorn" in p:
+            r = p["sinkhorn"]
+            notes = f"B={r['B']}, K={r['K']}, {r['iterations']} iterations, {r['dtype']}"
+            if "peak_rss_mb_ours" in r:
+                notes += f"; peak RSS {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
+            out.append(f"| Sinkhorn (ms) | {r['ours_ms']} | naive formula {r['naive_ms']} | "
+                       f"{r['speedup']}x | {notes} | `{r['command']}` |")
+        out.append("")
+    (HERE / "RESULTS.md").write_text("\n".join(out) + "\n")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
