@@ -125,3 +125,11 @@ def test_unknown_backbone():
     with pytest.raises(ValueError, match="resnet50w2"):
         build_backbone("resnet49")
     assert "resnet50w5" in BACKBONES
+
+
+def test_timm_backbone_by_name():
+    pytest.importorskip("timm")
+    model = build_model("timm:resnet18", hidden_mlp=16, output_dim=8, n_prototypes=5).eval()
+    out = model([torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)])
+    assert out.embeddings.shape == (4, 8) and out.scores[0].shape == (4, 5)
+    assert model.num_features == 512

@@ -81,4 +81,10 @@ def test_torchrun_two_processes_pretrain(tmp_path):
     assert state["epoch"] == 2
     # each rank keeps queue_length / world_size embeddings
     assert state["queue"]["embeddings"].shape[1] == 32
+    assert state["queue"]["per_rank"].shape[:2] == (2, 2)  # both ranks, both assigned crops
     assert "process 0 of 2" in proc.stderr or "process 1 of 2" in proc.stderr
+    # resume in two processes: each rank takes back its own queue
+    cmd[cmd.index("train.epochs=2")] = "train.epochs=3"
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming" in proc.stderr and safe_load(run / "checkpoint.pt")["epoch"] == 3

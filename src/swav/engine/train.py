@@ -304,7 +304,11 @@ def pretrain(
         if resume_state.get("scaler"):
             scaler.load_state_dict(resume_state["scaler"])
         if queue is not None and resume_state.get("queue") is not None:
-            queue.load_state_dict(resume_state["queue"])
+            q = dict(resume_state["queue"])
+            per_rank = q.pop("per_rank", None)
+            if per_rank is not None and per_rank.shape[0] == info.world_size:
+                q["embeddings"] = per_rank[info.rank]
+            queue.load_state_dict(q)
         start_epoch, start_batch = resume_state["epoch"], resume_state["next_batch"]
         corrupt_total = list(resume_state.get("corrupt", []))
         set_rng_state(resume_state["rng"])
@@ -338,6 +342,17 @@ def pretrain(
     usage = torch.zeros(core.n_prototypes[0], device=device)
 
     def checkpoint(epoch: int, next_batch: int) -> None:
+        queue_state = None
+        if queue is not None:
+            queue_state = queue.state_dict()
+            if info.enabled:  # every rank's queue, so that each rank resumes with its own
+                parts = [torch.zeros_like(queue.embeddings) for _ in range(info.world_size)]
+                torch.distributed.all_gather(parts, queue.embeddings.contiguous())
+                queue_state = {
+                    "embeddings": queue.embeddings.cpu(),
+                    "filled": queue.filled,
+                    "per_rank": torch.stack(parts).cpu(),
+                }
         if not info.is_main:
             return
         atomic_save(
@@ -349,7 +364,7 @@ def pretrain(
                 "model": core.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "queue": queue.state_dict() if queue is not None else None,
+                "queue": queue_state,
                 "rng": rng_state(),
                 "config": cfg.to_dict(),
                 "fingerprint": cfg.fingerprint(),
