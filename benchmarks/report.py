@@ -30,10 +30,14 @@ def quality_table(records: list[dict]) -> list[str]:
 
 
 def main() -> None:
-    out = ["# Recorded benchmark results", "",
-           "Produced by the commands below on the 2-core CPU development machine "
-           "(AMD EPYC, AVX2, no AVX-512 / bf16 support, so fp32 throughout). Regenerate this "
-           "page with `python benchmarks/report.py`.", ""]
+    out = [
+        "# Recorded benchmark results",
+        "",
+        "Produced by the commands below on the 2-core CPU development machine "
+        "(AMD EPYC, AVX2, no AVX-512 / bf16 support, so fp32 throughout). Regenerate this "
+        "page with `python benchmarks/report.py`.",
+        "",
+    ]
     quality = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("quality_*.json"))]
     if quality:
         out += ["## Pretraining quality (trained vs randomly initialised backbone)", ""]
@@ -44,35 +48,52 @@ def main() -> None:
     perf_path = HERE / "results" / "perf.json"
     if perf_path.exists():
         p = json.loads(perf_path.read_text())
-        out += ["## Speed, side by side in one process (alternating)", "",
-                f"Machine: {p['machine']}. Matmul peak: fp32 {p['peak']['fp32']} GFLOP/s, "
-                f"bf16 {p['peak']['bf16']} GFLOP/s.", ""]
-        out += ["| benchmark | ours | peer | ratio | notes | command |", "|---|---|---|---|---|---|"]
+        out += [
+            "## Speed, side by side in one process (alternating)",
+            "",
+            f"Machine: {p['machine']}. Matmul peak: fp32 {p['peak']['fp32']} GFLOP/s, "
+            f"bf16 {p['peak']['bf16']} GFLOP/s.",
+            "",
+        ]
+        out += [
+            "| benchmark | ours | peer | ratio | notes | command |",
+            "|---|---|---|---|---|---|",
+        ]
         for key in ("resnet18", "resnet50"):
             if key in p:
                 r = p[key]
-                notes = (f"{r['crops']}, batch {r['batch']}, {r['precision_ours']}; "
-                         f"{r['achieved_GFLOPs']} GFLOP/s = {r['fraction_of_peak']:.0%} of peak")
+                notes = (
+                    f"{r['crops']}, batch {r['batch']}, {r['precision_ours']}; "
+                    f"{r['achieved_GFLOPs']} GFLOP/s = {r['fraction_of_peak']:.0%} of peak"
+                )
                 if "peak_rss_mb_ours" in r:
-                    notes += f"; peak RSS {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
-                out.append(f"| training step {r['arch']} (images/s) | {r['ours_images_per_s']} | "
-                           f"lightly {r['lightly_images_per_s']} | {r['speedup']}x | {notes} | "
-                           f"`{r['command']}` |")
+                    notes += (
+                        f"; peak RSS {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
+                    )
+                out.append(
+                    f"| training step {r['arch']} (images/s) | {r['ours_images_per_s']} | "
+                    f"lightly {r['lightly_images_per_s']} | {r['speedup']}x | {notes} | "
+                    f"`{r['command']}` |"
+                )
         if "multicrop" in p:
             r = p["multicrop"]
             notes = f"{r['crops']} from a {r['image']}, 1 thread"
             if "peak_rss_mb_ours" in r:
                 notes += f"; peak RSS {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
-            out.append(f"| multi-crop (images/s per core) | {r['ours_images_per_s']} | lightly "
-                       f"SwaVTransform {r['lightly_images_per_s']} | {r['speedup']}x | {notes} | "
-                       f"`{r['command']}` |")
+            out.append(
+                f"| multi-crop (images/s per core) | {r['ours_images_per_s']} | lightly "
+                f"SwaVTransform {r['lightly_images_per_s']} | {r['speedup']}x | {notes} | "
+                f"`{r['command']}` |"
+            )
         if "sinkhorn" in p:
             r = p["sinkhorn"]
             notes = f"B={r['B']}, K={r['K']}, {r['iterations']} iterations, {r['dtype']}"
             if "peak_rss_mb_ours" in r:
                 notes += f"; peak RSS {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
-            out.append(f"| Sinkhorn (ms) | {r['ours_ms']} | naive formula {r['naive_ms']} | "
-                       f"{r['speedup']}x | {notes} | `{r['command']}` |")
+            out.append(
+                f"| Sinkhorn (ms) | {r['ours_ms']} | naive formula {r['naive_ms']} | "
+                f"{r['speedup']}x | {notes} | `{r['command']}` |"
+            )
         out.append("")
     (HERE / "RESULTS.md").write_text("\n".join(out) + "\n")
     print("\n".join(out))

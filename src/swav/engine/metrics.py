@@ -81,6 +81,14 @@ def code_stats(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return entropy, used
 
 
+QUEUE_ADVICE = (
+    "since the queue started, the codes of each batch concentrate on very few prototypes "
+    "(the queue's equipartition no longer spreads the current batch). Start the queue later "
+    "(swav.epoch_queue_starts), once the features have settled, or shorten it "
+    "(swav.queue_length)."
+)
+
+
 class CollapseMonitor:
     """Warns once when the loss stays within 1% of ln K for ``patience`` iterations."""
 
@@ -90,6 +98,21 @@ class CollapseMonitor:
         self.start = start_iteration
         self.streak = 0
         self.warned = False
+        self.warned_queue = False
+        self.queue_active = False
+
+    def check_usage(self, used: int, batch: int, n_prototypes: int, queue_active: bool) -> bool:
+        """Warns once when, with the queue on, a batch's codes use under 10% of the prototypes
+        they could use. True the first time it fires."""
+        if not queue_active or self.warned_queue:
+            return False
+        if used < max(2, 0.1 * min(batch, n_prototypes)):
+            self.warned_queue = True
+            log.warning(
+                "only %d prototypes in use for a batch of %d: %s", used, batch, QUEUE_ADVICE
+            )
+            return True
+        return False
 
     def update(self, iteration: int, loss: float) -> bool:
         """True the first time the warning fires."""

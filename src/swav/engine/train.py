@@ -450,6 +450,7 @@ def pretrain(
                 scaler.step(optimizer)
                 scaler.update()
                 usage.index_add_(0, codes.argmax(1), torch.ones(b, device=device))
+                monitor.queue_active = use_queue and queue.active
                 pending.append((it, loss.detach(), lr))
                 n_window += b * info.world_size
                 if len(pending) >= cfg.train.log_every or stop.set:
@@ -546,6 +547,7 @@ def _flush(pending, epoch, writer, monitor, codes, bar, images_per_s, ckpt_path)
     values = torch.stack([p[1] for p in pending]).float().cpu().tolist()
     entropy, used = code_stats(codes)
     entropy, used = float(entropy), int(used)
+    monitor.check_usage(used, codes.shape[0], codes.shape[1], monitor.queue_active)
     for (it, _, lr), v in zip(pending, values):
         if not math.isfinite(v):
             raise NonFiniteLossError(

@@ -30,6 +30,9 @@ class FeatureQueue(nn.Module):
             raise ValueError(f"queue length must be positive, got {length}")
         self.register_buffer("embeddings", torch.zeros(n_crops, length, dim))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        # a host-side mirror of `filled`, so that `active` needs no device sync
+        self._count: int | None = 0
+        self.register_load_state_dict_post_hook(_forget_count)
 
     @property
     def length(self) -> int:
@@ -38,7 +41,9 @@ class FeatureQueue(nn.Module):
     @property
     def active(self) -> bool:
         """True once every slot holds a real embedding."""
-        return int(self.filled) >= self.length
+        if self._count is None:
+            self._count = int(self.filled)
+        return self._count >= self.length
 
     @torch.no_grad()
     def push(self, embeddings: Tensor | list[Tensor]) -> None:
@@ -52,7 +57,10 @@ class FeatureQueue(nn.Module):
         for i, e in enumerate(batches):
             self.embeddings[i, b:] = self.embeddings[i, :-b].clone()
             self.embeddings[i, :b] = e.detach().to(self.embeddings.dtype)
+        if self._count is None:
+            self._count = int(self.filled)
         self.filled.add_(b).clamp_(max=self.length)
+        self._count = min(self.length, self._count + b)
 
     def scores(self, crop: int, prototypes: nn.Module) -> list[Tensor]:
         """Scores of the stored embeddings of one assigned crop against the current prototypes,
@@ -60,3 +68,7 @@ class FeatureQueue(nn.Module):
         with torch.no_grad():
             out = prototypes(self.embeddings[crop])
         return out if isinstance(out, list) else [out]
+
+
+def _forget_count(module: FeatureQueue, incompatible_keys) -> None:
+    module._count = None
