@@ -29,6 +29,12 @@ def quality_table(records: list[dict]) -> list[str]:
     return lines
 
 
+def _rss(r: dict) -> str:
+    if "peak_rss_mb_ours" not in r:
+        return ""
+    return f"; peak RSS ours / peer {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
+
+
 def main() -> None:
     out = [
         "# Recorded benchmark results",
@@ -66,10 +72,7 @@ def main() -> None:
                     f"{r['crops']}, batch {r['batch']}, {r['precision_ours']}; "
                     f"{r['achieved_GFLOPs']} GFLOP/s = {r['fraction_of_peak']:.0%} of peak"
                 )
-                if "peak_rss_mb_ours" in r:
-                    notes += (
-                        f"; peak RSS {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
-                    )
+                notes += _rss(r)
                 out.append(
                     f"| training step {r['arch']} (images/s) | {r['ours_images_per_s']} | "
                     f"lightly {r['lightly_images_per_s']} | {r['speedup']}x | {notes} | "
@@ -78,8 +81,7 @@ def main() -> None:
         if "multicrop" in p:
             r = p["multicrop"]
             notes = f"{r['crops']} from a {r['image']}, 1 thread"
-            if "peak_rss_mb_ours" in r:
-                notes += f"; peak RSS {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
+            notes += _rss(r)
             out.append(
                 f"| multi-crop (images/s per core) | {r['ours_images_per_s']} | lightly "
                 f"SwaVTransform {r['lightly_images_per_s']} | {r['speedup']}x | {notes} | "
@@ -88,8 +90,7 @@ def main() -> None:
         if "sinkhorn" in p:
             r = p["sinkhorn"]
             notes = f"B={r['B']}, K={r['K']}, {r['iterations']} iterations, {r['dtype']}"
-            if "peak_rss_mb_ours" in r:
-                notes += f"; peak RSS {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
+            notes += _rss(r)
             out.append(
                 f"| Sinkhorn (ms) | {r['ours_ms']} | naive formula {r['naive_ms']} | "
                 f"{r['speedup']}x | {notes} | `{r['command']}` |"
