@@ -18,6 +18,8 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owned: bool = False
+    """True when ``init_distributed`` created the process group (and so must destroy it)."""
 
     @property
     def is_main(self) -> bool:
@@ -39,9 +41,18 @@ def init_distributed(device: torch.device) -> DistInfo:
         return DistInfo()
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    info = DistInfo(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owned=True
+    )
     log.info("process %d of %d (%s)", info.rank, info.world_size, backend)
     return info
+
+
+def shutdown(info: DistInfo) -> None:
+    """Leave the process group cleanly (a process that exits with Gloo threads alive aborts)."""
+    if info.owned and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -27,7 +27,7 @@ from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
 from swav.data.multicrop import MultiCrop
 from swav.data.sources import ImageSource, limit_source, open_source
 from swav.engine.checkpoint import atomic_save, keep_copy, safe_load
-from swav.engine.distributed import DistInfo, init_distributed
+from swav.engine.distributed import DistInfo, init_distributed, shutdown
 from swav.engine.metrics import CollapseMonitor, MetricsWriter, NonFiniteLossError, code_stats
 from swav.engine.optim import build_optimizer, lr_schedule, set_lr
 from swav.model.swav import SwAV, build_model
@@ -231,6 +231,19 @@ def pretrain(
     """
     validate(cfg)
     info = init_distributed(resolve_device(cfg.train.device))
+    try:
+        return _pretrain(cfg, info, allow_config_change, progress, stop_after_epoch)
+    finally:
+        shutdown(info)
+
+
+def _pretrain(
+    cfg: Config,
+    info: DistInfo,
+    allow_config_change: bool,
+    progress: bool,
+    stop_after_epoch: int | None,
+) -> TrainResult:
     device = resolve_device(cfg.train.device, info)
     validate(cfg, world_size=info.world_size)
     amp_dtype = resolve_precision(cfg.train.precision, device)
