@@ -67,28 +67,33 @@ def sinkhorn(
     if method not in ("auto", "scaling", "log"):
         raise ValueError(f"method must be 'auto', 'scaling' or 'log', got {method!r}")
     use_dist = _dist_ready(distributed)
-    logits = scores.detach().float() / epsilon  # B x K
-    batch = torch.tensor([float(logits.shape[0])], device=logits.device)
+    scores = scores.detach().float()
+    batch = torch.tensor([float(scores.shape[0])], device=scores.device)
     if use_dist:
         _all_reduce(batch)
     if method == "log":
-        return _sinkhorn_log(logits, iterations, batch, use_dist)
+        return _sinkhorn_log(scores / epsilon, iterations, batch, use_dist)
 
     # Per-prototype maximum over the (global) batch. A per-row shift of exp(s / eps) is absorbed
     # exactly by the first row normalisation (as is the division by the total mass), so the
     # iterates are those of the plain formula, and every row keeps an entry equal to 1.
-    row_max = logits.max(dim=0).values  # K
+    row_max = scores.max(dim=0).values  # K
     if use_dist:
         _all_reduce(row_max, dist.ReduceOp.MAX)
-    kernel = torch.exp(logits - row_max)  # B x K, entries in (0, 1]
+    kernel = torch.sub(scores, row_max).mul_(1.0 / epsilon).exp_()  # B x K in (0, 1], in place
     if method == "auto":
-        underflow = kernel.max(dim=1).values.min() < _UNDERFLOW
+        # No entry can underflow when the whole score range is under 80 eps (e^-80 is a normal
+        # fp32 number): always the case for cosine scores at eps >= 0.025. Otherwise look for a
+        # sample whose kernel column underflowed, and use the log domain for this batch.
+        spread = row_max.max() - scores.min()
         if use_dist:
-            flag = underflow.float()
-            _all_reduce(flag, dist.ReduceOp.MAX)
-            underflow = flag > 0
-        if bool(underflow):
-            return _sinkhorn_log(logits, iterations, batch, use_dist)
+            _all_reduce(spread, dist.ReduceOp.MAX)
+        if bool(spread / epsilon >= 80.0):
+            underflow = (kernel.amax(dim=1).min() < _UNDERFLOW).float()
+            if use_dist:
+                _all_reduce(underflow, dist.ReduceOp.MAX)
+            if bool(underflow > 0):
+                return _sinkhorn_log(scores / epsilon, iterations, batch, use_dist)
     return _sinkhorn_scaling(kernel, iterations, batch, use_dist)
 
 
@@ -105,8 +110,9 @@ def _sinkhorn_scaling(kernel: Tensor, iterations: int, batch: Tensor, use_dist: 
         # columns: Q <- Q / colsum(Q) / B (each sample lives on one rank)
         col = kernel.mv(u)
         v = 1.0 / (col * batch)
-    # Q <- Q * B, returned transposed (B x K): codes[b, k] = B * v_b * kernel[b, k] * u_k
-    return kernel * (v * batch).unsqueeze(1) * u.unsqueeze(0)
+    # Q <- Q * B, returned transposed (B x K): codes[b, k] = B * v_b * kernel[b, k] * u_k,
+    # written over the kernel (which nothing else holds)
+    return kernel.mul_((v * batch).unsqueeze(1)).mul_(u.unsqueeze(0))
 
 
 def _logsumexp_global(x: Tensor, dim: int, use_dist: bool) -> Tensor:
