@@ -16,7 +16,6 @@ import argparse
 import io
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -291,12 +290,17 @@ def bench_step(name: str, peaks: dict) -> dict:
 
 
 def memory_of(part: str) -> float:
-    """Peak RSS (MB) of a fresh process that runs one side of one part."""
+    """Peak RSS (MB) of a fresh process that runs one side of one part: its VmHWM, which starts
+    anew at exec (ru_maxrss would carry over the parent's high-water mark)."""
     code = (
-        f"import sys; sys.path.insert(0, {str(HERE)!r}); import perf; perf._memory_target({part!r})"
+        f"import sys; sys.path.insert(0, {str(HERE)!r}); import perf; "
+        f"perf._memory_target({part!r}); "
+        "print('VMHWM', open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    return int(out.split("VMHWM")[-1].split()[0]) / 1024.0
 
 
 def _memory_target(part: str) -> None:
