@@ -27,7 +27,7 @@ from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
 from swav.data.multicrop import MultiCrop
 from swav.data.sources import ImageSource, limit_source, open_source
 from swav.engine.checkpoint import atomic_save, keep_copy, safe_load
-from swav.engine.distributed import DistInfo, init_distributed, shutdown
+from swav.engine.distributed import DistInfo, any_rank, init_distributed, shutdown
 from swav.engine.metrics import CollapseMonitor, MetricsWriter, NonFiniteLossError, code_stats
 from swav.engine.optim import build_optimizer, lr_schedule, set_lr
 from swav.model.swav import SwAV, build_model
@@ -466,7 +466,10 @@ def _pretrain(
                 monitor.queue_active = use_queue and queue.active
                 pending.append((it, loss.detach(), lr))
                 n_window += b * info.world_size
-                if len(pending) >= cfg.train.log_every or stop.set:
+                stop_now = stop.set
+                if info.enabled:  # ranks agree on when to stop, at log boundaries only
+                    stop_now = len(pending) >= cfg.train.log_every and any_rank(stop.set, device)
+                if len(pending) >= cfg.train.log_every or stop_now:
                     last_loss = _flush(
                         pending,
                         epoch,
@@ -480,12 +483,7 @@ def _pretrain(
                     pending, t_window, n_window = [], time.perf_counter(), 0
                 if bar is not None:
                     bar.update(1)
-                if stop.set:
-                    if pending:
-                        last_loss = _flush(
-                            pending, epoch, writer, monitor, codes, bar, 0.0, ckpt_path
-                        )
-                        pending = []
+                if stop_now:
                     checkpoint(epoch, batch_idx + 1)
                     interrupted = True
                     break
@@ -539,7 +537,8 @@ def _pretrain(
                 keep_copy(ckpt_path, run_dir / "checkpoints" / f"epoch_{epoch + 1:04d}.pt")
             start_batch = 0
             epochs_done = epoch + 1
-            if stop.set or (stop_after_epoch is not None and epochs_done >= stop_after_epoch):
+            stop_now = any_rank(stop.set, device) if info.enabled else stop.set
+            if stop_now or (stop_after_epoch is not None and epochs_done >= stop_after_epoch):
                 interrupted = epochs_done < cfg.train.epochs
                 break
     writer.close()
