@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import random
 import signal
 import threading
@@ -590,18 +589,3 @@ def _flush(pending, epoch, writer, monitor, codes, bar, images_per_s, ckpt_path)
         )
     writer.flush()
     return values[-1]
-
-
-def load_run_model(run_dir: str | Path, map_location: str = "cpu") -> tuple[SwAV, Config]:
-    """The model and configuration of a run directory's latest checkpoint."""
-    from swav.config import config_from_dict
-
-    state = safe_load(Path(run_dir) / CHECKPOINT, map_location)
-    cfg = config_from_dict(state["config"])
-    model = build_swav_model(cfg)
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg
-
-
-def env_threads() -> int:
-    return int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads()

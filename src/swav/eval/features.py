@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -181,7 +180,3 @@ def extract_stage_features(
         for i, m in enumerate(trunk.forward_stages(x.to(device))):
             outs[i].append(F.adaptive_avg_pool2d(m, pool).flatten(1).float().cpu())
     return [torch.cat(o) for o in outs]
-
-
-def to_numpy(t: Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()

@@ -177,8 +177,3 @@ def build_backbone(
         )
     block, layers, widen, base = _SPECS[name]
     return ResNet(block, layers, widen, small_stem, zero_init_residual, base)
-
-
-def resnet_spec(name: str) -> tuple[type, tuple[int, int, int, int], int, int]:
-    """(block class, blocks per stage, widen, base width) of a named ResNet."""
-    return _SPECS[name]

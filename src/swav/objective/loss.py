@@ -12,7 +12,7 @@ the prototype heads when there are several).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,22 +48,3 @@ def swapped_prediction_loss(
         sub = sum(-(q * log_probs[v]).sum(dim=1).mean() for v in range(n_crops) if v != i)
         total = total + sub / (n_crops - 1)
     return total / len(crops_for_assign)
-
-
-def swav_loss(
-    scores_per_head: Sequence[Sequence[Tensor]],
-    crops_for_assign: Sequence[int],
-    assign: Callable[[int, int, Tensor], Tensor],
-    temperature: float = 0.1,
-) -> tuple[Tensor, list[list[Tensor]]]:
-    """The loss averaged over prototype heads.
-
-    ``assign(head, crop, scores)`` returns the codes of one assigned crop for one head (it is where
-    the queue and Sinkhorn come in). Returns the loss and the codes, per head and assigned crop.
-    """
-    losses, all_codes = [], []
-    for h, scores in enumerate(scores_per_head):
-        codes = [assign(h, i, scores[i]) for i in crops_for_assign]
-        losses.append(swapped_prediction_loss(scores, codes, crops_for_assign, temperature))
-        all_codes.append(codes)
-    return torch.stack(losses).mean(), all_codes
