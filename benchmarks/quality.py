@@ -19,11 +19,9 @@ from pathlib import Path
 import torch
 
 from swav.config import build_config
-from swav.data.sources import limit_source, open_source
-from swav.demo import eval_transform_for
+from swav.demo import heldout_features
 from swav.engine.train import build_swav_model, pretrain
 from swav.eval.clustering import cluster_metrics
-from swav.eval.features import extract_features
 from swav.eval.knn import knn_accuracy
 from swav.eval.linear import linear_probe_features
 
@@ -37,13 +35,8 @@ def peak_rss_mb() -> float:
 
 
 def evaluate(model, cfg, eval_limit: int, probe_epochs: int) -> dict:
-    d = cfg.data
-    train = limit_source(open_source(d.source, d.split, d.root), d.limit, cfg.train.seed)
-    test = limit_source(open_source(d.source, d.eval_split, d.root), eval_limit, cfg.train.seed)
-    tf = eval_transform_for(cfg)
     t = time.time()
-    ftr = extract_features(model, train, tf).valid()
-    fte = extract_features(model, test, tf).valid()
+    ftr, fte = heldout_features(model, cfg, eval_limit)
     knn = knn_accuracy(ftr.features, ftr.labels, fte.features, fte.labels, (20, 200))
     probe = linear_probe_features(
         ftr.features, ftr.labels, fte.features, fte.labels, epochs=probe_epochs

@@ -32,20 +32,21 @@ def eval_transform_for(cfg: Config) -> EvalTransform:
     )
 
 
-def evaluate_model(model, cfg: Config, ks=(10, 20), eval_limit: int = 0) -> dict[str, Any]:
-    """kNN (train split -> eval split) and prototype clustering on the eval split."""
+def heldout_features(model, cfg: Config, eval_limit: int = 0):
+    """Features of the configured training split and held-out split (``Features`` pair)."""
     d = cfg.data
-    train = limit_source(
-        open_source(d.source, d.split, d.root, d.download, cfg.train.seed), d.limit, cfg.train.seed
-    )
+    seed = cfg.train.seed
+    train = limit_source(open_source(d.source, d.split, d.root, d.download, seed), d.limit, seed)
     test = limit_source(
-        open_source(d.source, d.eval_split, d.root, d.download, cfg.train.seed),
-        eval_limit,
-        cfg.train.seed,
+        open_source(d.source, d.eval_split, d.root, d.download, seed), eval_limit, seed
     )
     tf = eval_transform_for(cfg)
-    ftr = extract_features(model, train, tf).valid()
-    fte = extract_features(model, test, tf).valid()
+    return extract_features(model, train, tf).valid(), extract_features(model, test, tf).valid()
+
+
+def evaluate_model(model, cfg: Config, ks=(10, 20), eval_limit: int = 0) -> dict[str, Any]:
+    """kNN (train split -> eval split) and prototype clustering on the eval split."""
+    ftr, fte = heldout_features(model, cfg, eval_limit)
     knn = knn_accuracy(ftr.features, ftr.labels, fte.features, fte.labels, ks)
     out: dict[str, Any] = {f"knn_top1_k{k}": v["top1"] for k, v in knn.items()}
     if fte.scores is not None:
