@@ -1,0 +1,157 @@
+"""Convolution for small feature maps on the CPU, computed tap by tap.
+
+Multi-crop puts small crops through the same ResNet as the large ones: a 32 px crop leaves
+layer3 at 2 x 2 and layer4 at 1 x 1. On such maps most taps of a padded 3 x 3 kernel read only
+padding, and oneDNN's CPU backward pass is very slow there (about 30x its forward on a 1 x 1
+map, where the convolution is really one matrix product with the centre tap).
+
+``TapConv2d`` computes ``y = sum over taps t of shift_t(x) @ W_t`` in channels-last layout,
+each tap restricted to the output rows and columns whose input is inside the map, so no product
+touches padding. Forward, input gradient and weight gradient are then plain matrix products of
+exactly the useful size. ``Conv2d`` is an ``nn.Conv2d`` (same parameters, same state-dict keys)
+that takes this path for CPU inputs of at most ``TAP_MAX_PIXELS`` pixels, where it measures
+faster than oneDNN (``benchmarks/perf.py --only conv``), and ``nn.Conv2d``'s path otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+# input maps of at most this many pixels (4 x 4) take the tap path on the CPU; at 8 x 8
+# oneDNN is faster again
+TAP_MAX_PIXELS = 16
+
+
+def _tap_ranges(size: int, out_size: int, k: int, stride: int, pad: int) -> list[tuple]:
+    """For each kernel offset along one axis that reads inside the map: (tap, first output,
+    end output, first input). Output i reads input i * stride + tap - pad."""
+    ranges = []
+    for tap in range(k):
+        d = tap - pad
+        first = max(0, -(d // stride))
+        end = min(out_size, (size - 1 - d) // stride + 1)
+        if end > first:
+            ranges.append((tap, first, end, first * stride + d))
+    return ranges
+
+
+def _plan(h: int, w: int, k: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int]):
+    ho = (h + 2 * pad[0] - k[0]) // stride[0] + 1
+    wo = (w + 2 * pad[1] - k[1]) // stride[1] + 1
+    taps = []
+    for kh, i0, i1, a0 in _tap_ranges(h, ho, k[0], stride[0], pad[0]):
+        for kw, j0, j1, b0 in _tap_ranges(w, wo, k[1], stride[1], pad[1]):
+            src = (
+                slice(None),
+                slice(a0, a0 + (i1 - i0 - 1) * stride[0] + 1, stride[0]),
+                slice(b0, b0 + (j1 - j0 - 1) * stride[1] + 1, stride[1]),
+            )
+            dst = (slice(None), slice(i0, i1), slice(j0, j1))
+            full = i1 - i0 == ho and j1 - j0 == wo
+            taps.append((kh, kw, src, dst, full))
+    # a tap that covers the whole output first: it initialises the sum without a zero fill
+    taps.sort(key=lambda t: not t[4])
+    return ho, wo, taps
+
+
+class _TapConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, stride, padding) -> Tensor:
+        n, c, h, w = x.shape
+        o = weight.shape[0]
+        k = tuple(weight.shape[2:])
+        ho, wo, taps = _plan(h, w, k, stride, padding)
+        xh = x.permute(0, 2, 3, 1)  # NHWC view: free for channels-last input
+        wt = weight.permute(2, 3, 1, 0)  # k x k x C x O view
+        y = None
+        for kh, kw, src, dst, full in taps:
+            prod = xh[src].reshape(-1, c) @ wt[kh, kw]
+            if y is None and full:
+                y = prod.view(n, ho, wo, o)
+                continue
+            if y is None:
+                y = prod.new_zeros(n, ho, wo, o)
+            y[dst] += prod.view(y[dst].shape)
+        if y is None:
+            y = x.new_zeros(n, ho, wo, o)
+        ctx.save_for_backward(x, weight)
+        ctx.plan = (ho, wo, taps)
+        return y.permute(0, 3, 1, 2)  # channels-last NCHW
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        ho, wo, taps = ctx.plan
+        n, c, h, w = x.shape
+        o = weight.shape[0]
+        grad = grad.to(x.dtype)
+        gh = grad.permute(0, 2, 3, 1)
+        xh = x.permute(0, 2, 3, 1)
+        wt = weight.permute(2, 3, 1, 0)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = weight.new_zeros(weight.shape[2], weight.shape[3], c, o)
+        for kh, kw, src, dst, full in taps:
+            g = gh[dst].reshape(-1, o)
+            if grad_w is not None:
+                torch.mm(xh[src].reshape(-1, c).t(), g, out=grad_w[kh, kw])
+            if ctx.needs_input_grad[0]:
+                prod = g @ wt[kh, kw].t()
+                if grad_x is None:
+                    grad_x = prod.new_zeros(n, h, w, c)
+                grad_x[src] += prod.view(grad_x[src].shape)
+        if ctx.needs_input_grad[0] and grad_x is None:
+            grad_x = x.new_zeros(n, h, w, c)
+        return (
+            None if grad_x is None else grad_x.permute(0, 3, 1, 2),
+            None if grad_w is None else grad_w.permute(3, 2, 0, 1),
+            None,
+            None,
+        )
+
+
+def tap_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+) -> Tensor:
+    """``F.conv2d`` (groups 1, dilation 1, zero padding) as one matrix product per kernel tap
+    over the part of the map that tap reads; equal to ``F.conv2d`` up to float rounding.
+    Under CPU autocast it computes in the autocast dtype, as ``F.conv2d`` would."""
+    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    with torch.autocast(x.device.type, enabled=False):
+        y = _TapConv.apply(x, weight, stride, padding)
+        if bias is not None:
+            y = y + bias.view(1, -1, 1, 1)
+    return y
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that computes small CPU feature maps with ``tap_conv2d``.
+
+    Same parameters and state-dict keys as ``nn.Conv2d``; the tap path is taken for CPU inputs
+    of at most ``TAP_MAX_PIXELS`` pixels with groups 1, dilation 1 and zero padding.
+    """
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if (
+            input.device.type == "cpu"
+            and input.dim() == 4
+            and input.shape[-1] * input.shape[-2] <= TAP_MAX_PIXELS
+            and self.groups == 1
+            and self.dilation == (1, 1)
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+        ):
+            return tap_conv2d(input, weight, bias, self.stride, self.padding)
+        return super()._conv_forward(input, weight, bias)
+
+
