@@ -172,7 +172,7 @@ def bench_multicrop(rounds=5, reps=20) -> dict:
 
 SETUPS = {
     "resnet18": dict(
-        arch="resnet18", feat=512, crops=[(2, 64), (4, 32)], batch=64, rounds=3, reps=3
+        arch="resnet18", feat=512, crops=[(2, 64), (4, 32)], batch=64, rounds=6, reps=2
     ),
     "resnet50": dict(
         arch="resnet50", feat=2048, crops=[(2, 224), (6, 96)], batch=32, rounds=1, reps=2

@@ -37,22 +37,33 @@ def _tap_ranges(size: int, out_size: int, k: int, stride: int, pad: int) -> list
 
 
 def _plan(h: int, w: int, k: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int]):
+    """Output size and, per kernel tap that reads inside the map: (kh, kw, input region, output
+    region, whether the output region is the whole output, whether the input region is the whole
+    input). Output (i, j) reads input (i * stride + kh - pad, j * stride + kw - pad)."""
     ho = (h + 2 * pad[0] - k[0]) // stride[0] + 1
     wo = (w + 2 * pad[1] - k[1]) // stride[1] + 1
     taps = []
     for kh, i0, i1, a0 in _tap_ranges(h, ho, k[0], stride[0], pad[0]):
         for kw, j0, j1, b0 in _tap_ranges(w, wo, k[1], stride[1], pad[1]):
-            src = (
-                slice(None),
-                slice(a0, a0 + (i1 - i0 - 1) * stride[0] + 1, stride[0]),
-                slice(b0, b0 + (j1 - j0 - 1) * stride[1] + 1, stride[1]),
-            )
+            a1 = a0 + (i1 - i0 - 1) * stride[0] + 1
+            b1 = b0 + (j1 - j0 - 1) * stride[1] + 1
+            src = (slice(None), slice(a0, a1, stride[0]), slice(b0, b1, stride[1]))
             dst = (slice(None), slice(i0, i1), slice(j0, j1))
-            full = i1 - i0 == ho and j1 - j0 == wo
-            taps.append((kh, kw, src, dst, full))
-    # a tap that covers the whole output first: it initialises the sum without a zero fill
-    taps.sort(key=lambda t: not t[4])
+            whole_out = i1 - i0 == ho and j1 - j0 == wo
+            whole_in = i1 - i0 == h and j1 - j0 == w
+            taps.append((kh, kw, src, dst, whole_out, whole_in))
     return ho, wo, taps
+
+
+def _add(acc: Tensor | None, region, whole: bool, value: Tensor, shape) -> Tensor:
+    """acc[region] += value, where acc starts as ``value`` itself when the region is whole (no
+    zero fill) or as zeros otherwise."""
+    if acc is None:
+        if whole:
+            return value.view(shape)
+        acc = value.new_zeros(shape)
+    acc[region] += value.view(acc[region].shape)
+    return acc
 
 
 class _TapConv(torch.autograd.Function):
@@ -60,47 +71,36 @@ class _TapConv(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, stride, padding) -> Tensor:
         n, c, h, w = x.shape
         o = weight.shape[0]
-        k = tuple(weight.shape[2:])
-        ho, wo, taps = _plan(h, w, k, stride, padding)
+        ho, wo, taps = _plan(h, w, tuple(weight.shape[2:]), stride, padding)
         xh = x.permute(0, 2, 3, 1)  # NHWC view: free for channels-last input
         wt = weight.permute(2, 3, 1, 0)  # k x k x C x O view
         y = None
-        for kh, kw, src, dst, full in taps:
-            prod = xh[src].reshape(-1, c) @ wt[kh, kw]
-            if y is None and full:
-                y = prod.view(n, ho, wo, o)
-                continue
-            if y is None:
-                y = prod.new_zeros(n, ho, wo, o)
-            y[dst] += prod.view(y[dst].shape)
-        if y is None:
+        for kh, kw, src, dst, whole_out, _ in sorted(taps, key=lambda t: not t[4]):
+            y = _add(y, dst, whole_out, xh[src].reshape(-1, c) @ wt[kh, kw], (n, ho, wo, o))
+        if y is None:  # no tap reads the map: the output is all padding
             y = x.new_zeros(n, ho, wo, o)
         ctx.save_for_backward(x, weight)
-        ctx.plan = (ho, wo, taps)
-        return y.permute(0, 3, 1, 2)  # channels-last NCHW
+        ctx.taps = taps
+        return y.permute(0, 3, 1, 2)  # NCHW shape, channels-last memory
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
-        ho, wo, taps = ctx.plan
         n, c, h, w = x.shape
-        o = weight.shape[0]
-        grad = grad.to(x.dtype)
-        gh = grad.permute(0, 2, 3, 1)
+        o, _, kh_size, kw_size = weight.shape
+        gh = grad.to(x.dtype).permute(0, 2, 3, 1)
         xh = x.permute(0, 2, 3, 1)
         wt = weight.permute(2, 3, 1, 0)
         grad_x = grad_w = None
         if ctx.needs_input_grad[1]:
-            grad_w = weight.new_zeros(weight.shape[2], weight.shape[3], c, o)
-        for kh, kw, src, dst, full in taps:
+            every_tap = len(ctx.taps) == kh_size * kw_size
+            grad_w = (weight.new_empty if every_tap else weight.new_zeros)(kh_size, kw_size, c, o)
+        for kh, kw, src, dst, _, whole_in in sorted(ctx.taps, key=lambda t: not t[5]):
             g = gh[dst].reshape(-1, o)
             if grad_w is not None:
                 torch.mm(xh[src].reshape(-1, c).t(), g, out=grad_w[kh, kw])
             if ctx.needs_input_grad[0]:
-                prod = g @ wt[kh, kw].t()
-                if grad_x is None:
-                    grad_x = prod.new_zeros(n, h, w, c)
-                grad_x[src] += prod.view(grad_x[src].shape)
+                grad_x = _add(grad_x, src, whole_in, g @ wt[kh, kw].t(), (n, h, w, c))
         if ctx.needs_input_grad[0] and grad_x is None:
             grad_x = x.new_zeros(n, h, w, c)
         return (
