@@ -119,13 +119,51 @@ def test_batched_hue_equals_torchvision():
     assert torch.allclose(adjust_hue(x, shift), ref, atol=1e-5)
 
 
-def test_batched_blur_equals_per_image_blur():
-    from swav.data.multicrop import _blur_batch, gaussian_blur
+@pytest.mark.parametrize("sigma", [0.1, 0.7, 1.3, 2.0])
+def test_blur_equals_torchvision_gaussian_blur(sigma):
+    from torchvision.transforms.v2 import functional as TF
 
-    x = torch.rand(4, 3, 30, 30, generator=torch.Generator().manual_seed(1))
-    sigmas = [0.1, 0.7, 1.3, 2.0]
-    ref = torch.stack([gaussian_blur(x[i], s) for i, s in enumerate(sigmas)])
-    assert torch.allclose(_blur_batch(x, sigmas), ref, atol=1e-6)
+    from swav.data.multicrop import gaussian_blur
+
+    x = torch.rand(3, 30, 33, generator=torch.Generator().manual_seed(1))
+    radius = max(1, int(np.ceil(3 * sigma)))
+    ref = TF.gaussian_blur(x, [2 * radius + 1] * 2, [sigma, sigma])
+    assert torch.allclose(gaussian_blur(x, sigma), ref, atol=1e-6)
+
+
+def test_blur_of_a_map_smaller_than_the_kernel_uses_the_cut_kernel():
+    from swav.data.multicrop import gaussian_blur
+
+    x = torch.rand(3, 4, 9, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    sigma = 2.0  # radius 6: cut to 3 along the height (4 rows), to 6 along the width
+    k = np.exp(-0.5 * (np.arange(-6, 7) / sigma) ** 2)
+    ref = x.numpy()
+    for axis, rr in ((2, 6), (1, 3)):
+        kk = k[6 - rr : 6 + rr + 1] / k[6 - rr : 6 + rr + 1].sum()
+        pad = [(0, 0)] * 3
+        pad[axis] = (rr, rr)
+        p = np.pad(ref, pad, mode="reflect")
+        n = ref.shape[axis]
+        ref = sum(kk[i] * np.take(p, range(i, i + n), axis=axis) for i in range(2 * rr + 1))
+    assert np.allclose(gaussian_blur(x.float(), sigma).numpy(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", [0, 1, 2, 3])
+def test_each_jitter_operation_equals_torchvision(op):
+    from torchvision.transforms.v2 import functional as TF
+
+    from swav.data.multicrop import color_jitter
+
+    x = torch.rand(3, 21, 18, generator=torch.Generator().manual_seed(op))
+    for f in [0.3, 1.7] if op < 3 else [-0.4, 0.25]:
+        factors = [1.0, 1.0, 1.0, 0.0]
+        factors[op] = f
+        active = [i == op for i in range(4)]
+        out = color_jitter(x.clone(), factors, [3, 2, 1, 0], active)
+        ref = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue][op](
+            x, f
+        )
+        assert torch.allclose(out, ref, atol=1e-5), (op, f)
 
 
 @pytest.mark.parametrize("backend", ["pil", "tensor"])

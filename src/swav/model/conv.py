@@ -93,19 +93,25 @@ class _TapConv(torch.autograd.Function):
         wt = weight.permute(2, 3, 1, 0)
         grad_x = grad_w = None
         if ctx.needs_input_grad[1]:
+            # in the weight's own memory layout, so that no copy follows; each tap's O x C
+            # block is then a row-major matrix with a leading dimension, written in place
             every_tap = len(ctx.taps) == kh_size * kw_size
-            grad_w = (weight.new_empty if every_tap else weight.new_zeros)(kh_size, kw_size, c, o)
+            grad_w = (torch.empty_like if every_tap else torch.zeros_like)(weight)
         for kh, kw, src, dst, _, whole_in in sorted(ctx.taps, key=lambda t: not t[5]):
             g = gh[dst].reshape(-1, o)
             if grad_w is not None:
-                torch.mm(xh[src].reshape(-1, c).t(), g, out=grad_w[kh, kw])
+                block = grad_w[:, :, kh, kw]
+                if block.stride(1) == 1:
+                    torch.mm(g.t(), xh[src].reshape(-1, c), out=block)
+                else:
+                    block.copy_(g.t() @ xh[src].reshape(-1, c))
             if ctx.needs_input_grad[0]:
                 grad_x = _add(grad_x, src, whole_in, g @ wt[kh, kw].t(), (n, h, w, c))
         if ctx.needs_input_grad[0] and grad_x is None:
             grad_x = x.new_zeros(n, h, w, c)
         return (
             None if grad_x is None else grad_x.permute(0, 3, 1, 2),
-            None if grad_w is None else grad_w.permute(3, 2, 0, 1),
+            grad_w,
             None,
             None,
         )
@@ -153,5 +159,3 @@ class Conv2d(nn.Conv2d):
         ):
             return tap_conv2d(input, weight, bias, self.stride, self.padding)
         return super()._conv_forward(input, weight, bias)
-
-
