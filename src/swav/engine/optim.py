@@ -52,26 +52,26 @@ class LARS(torch.optim.Optimizer):
                 ok = (w_norm > 0) & (g_norm > 0)
                 # where a norm is zero the gradient is used as is, without weight decay
                 scale = torch.where(ok, trust, torch.ones_like(trust))
-                decay = torch.where(ok, torch.full_like(trust, wd), torch.zeros_like(trust))
-                d = torch._foreach_add(grads, torch._foreach_mul(params, list(decay.unbind())))
-                torch._foreach_mul_(d, list(scale.unbind()))
+                decay = torch.where(ok, scale * wd, torch.zeros_like(trust))
+                scales, decays = scale.unbind(), decay.unbind()
             else:
-                d = (
-                    torch._foreach_add(grads, params, alpha=wd)
-                    if wd
-                    else [g.clone() for g in grads]
-                )
-            if mom:
-                bufs = []
-                for p, di in zip(params, d):
+                dev = params[0].device
+                scales = torch.ones(len(params), device=dev).unbind()
+                decays = torch.full((len(params),), float(wd), device=dev).unbind()
+            # direction d = scale * g + decay * w, accumulated in place (no temporaries the
+            # size of the model): buf = mom * buf + d, then w -= lr * buf
+            for p, g, s, dw in zip(params, grads, scales, decays):
+                if mom:
                     state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = di.clone()
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = torch.mul(g, s)
                     else:
-                        state["momentum_buffer"].mul_(mom).add_(di)
-                    bufs.append(state["momentum_buffer"])
-                d = bufs
-            torch._foreach_add_(params, d, alpha=-lr)
+                        buf.mul_(mom).addcmul_(g, s)
+                    buf.addcmul_(p, dw)
+                    p.add_(buf, alpha=-lr)
+                else:
+                    p.mul_(1 - lr * dw).addcmul_(g, s, value=-lr)
         return loss
 
 
