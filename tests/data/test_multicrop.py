@@ -214,3 +214,32 @@ def test_jitter_changes_colour_statistics_alike(backend):
     out = torch.stack(mc(img, torch.Generator().manual_seed(0)))
     ratios = out.mean(dim=(1, 2, 3)) / (100 / 255)
     assert ratios.min() >= 0.49 and ratios.max() <= 1.51 and ratios.std() > 0.05
+
+
+def test_crops_of_the_pipeline_respect_configured_scale_and_size(monkeypatch):
+    import swav.data.multicrop as m
+
+    boxes = []
+    real = m.TF.resized_crop
+
+    def spy(img, top, left, h, w, size, antialias=True):
+        boxes.append((top, left, h, w, tuple(size)))
+        return real(img, top, left, h, w, size, antialias=antialias)
+
+    monkeypatch.setattr(m.TF, "resized_crop", spy)
+    cfg = dict(n_crops=[2, 6], sizes=[56, 24], min_scale=[0.14, 0.05], max_scale=[1.0, 0.14])
+    mc = MultiCrop(**cfg)
+    g = torch.Generator().manual_seed(0)
+    H, W = 75, 100
+    img = image(H, W)
+    for _ in range(40):
+        crops = mc(img, g)
+        assert [tuple(c.shape) for c in crops] == [(3, 56, 56)] * 2 + [(3, 24, 24)] * 6
+    assert len(boxes) == 40 * 8
+    for i, (top, left, h, w, size) in enumerate(boxes):
+        group = 0 if i % 8 < 2 else 1
+        assert size == (cfg["sizes"][group],) * 2
+        assert 0 <= top and top + h <= H and 0 <= left and left + w <= W
+        slack = (h + w + 1) / (H * W)
+        frac = h * w / (H * W)
+        assert cfg["min_scale"][group] - slack <= frac <= cfg["max_scale"][group] + slack

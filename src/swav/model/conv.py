@@ -42,6 +42,11 @@ def _plan(h: int, w: int, k: tuple[int, int], stride: tuple[int, int], pad: tupl
     input). Output (i, j) reads input (i * stride + kh - pad, j * stride + kw - pad)."""
     ho = (h + 2 * pad[0] - k[0]) // stride[0] + 1
     wo = (w + 2 * pad[1] - k[1]) // stride[1] + 1
+    if ho < 1 or wo < 1:
+        raise RuntimeError(
+            f"convolution: the padded input ({h + 2 * pad[0]} x {w + 2 * pad[1]}) is smaller "
+            f"than the kernel ({k[0]} x {k[1]})"
+        )
     taps = []
     for kh, i0, i1, a0 in _tap_ranges(h, ho, k[0], stride[0], pad[0]):
         for kw, j0, j1, b0 in _tap_ranges(w, wo, k[1], stride[1], pad[1]):
