@@ -167,6 +167,55 @@ def bench_multicrop(rounds=5, reps=20) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------ conv
+
+# (batch, channels in, map size, channels out, kernel, stride): the 3 x 3 convolutions of
+# ResNet-18 on 2 x 64 px + 4 x 32 px crops, batched per resolution
+CONV_SHAPES = [
+    (256, 512, 1, 512, 3, 1),
+    (128, 512, 2, 512, 3, 1),
+    (256, 256, 2, 256, 3, 1),
+    (256, 256, 2, 512, 3, 2),
+    (128, 256, 4, 256, 3, 1),
+    (128, 256, 4, 512, 3, 2),
+    (256, 128, 4, 128, 3, 1),
+    (128, 128, 8, 128, 3, 1),
+    (256, 64, 8, 64, 3, 1),
+]
+
+
+def bench_conv(rounds=3, reps=3) -> dict:
+    """Forward + backward (input and weight gradients) of one convolution, fp32, channels-last:
+    oneDNN (``F.conv2d``) against the tap-by-tap matrix products of ``swav.model.conv``."""
+    from swav.model.conv import TAP_MAX_PIXELS, tap_conv2d
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for n, c, hw, o, k, s in CONV_SHAPES:
+        x = torch.randn(n, c, hw, hw, generator=g).contiguous(memory_format=torch.channels_last)
+        w = (torch.randn(o, c, k, k, generator=g) * 0.01).contiguous(
+            memory_format=torch.channels_last
+        )
+        x.requires_grad_()
+        w.requires_grad_()
+        grad = torch.randn_like(F.conv2d(x, w, None, s, k // 2))
+
+        def run(conv, x=x, w=w, s=s, p=k // 2, grad=grad):
+            return lambda: torch.autograd.grad(conv(x, w, None, s, p), (x, w), grad)
+
+        ta, tb = alternate(run(tap_conv2d), run(F.conv2d), rounds, reps)
+        rows.append(
+            {
+                "shape": f"{n}x{c}x{hw}x{hw} -> {o}, {k}x{k} stride {s}",
+                "tap_ms": round(statistics.median(ta) * 1e3, 1),
+                "onednn_ms": round(statistics.median(tb) * 1e3, 1),
+                "speedup": round(statistics.median(tb) / statistics.median(ta), 2),
+                "tap_path_used": hw * hw <= TAP_MAX_PIXELS,
+            }
+        )
+    return {"what": "forward + backward, fp32, channels-last", "shapes": rows}
+
+
 # ------------------------------------------------------------------------------------ train step
 
 
@@ -264,7 +313,9 @@ def bench_step(name: str, peaks: dict) -> dict:
     setup = SETUPS[name]
     torch.manual_seed(0)
     a, b = our_step(setup), lightly_step(setup)
-    flops = step_flops(a)
+    # FLOPs as performed (our small maps skip the padding taps, see swav.model.conv) and as
+    # usually counted (every convolution at full size: the peer's count of the same network)
+    flops, nominal = step_flops(a), step_flops(b)
     ta, tb = alternate(a, b, setup["rounds"], setup["reps"])
     images = setup["batch"]
     ours_s, theirs_s = statistics.median(ta), statistics.median(tb)
@@ -274,13 +325,16 @@ def bench_step(name: str, peaks: dict) -> dict:
         "arch": setup["arch"],
         "crops": " + ".join(f"{n}x{s}" for n, s in setup["crops"]),
         "batch": images,
+        "steps_timed_each": len(ta),
         "precision_ours": a.precision,
         "precision_lightly": "fp32",
         "ours_images_per_s": round(images / ours_s, 1),
         "lightly_images_per_s": round(images / theirs_s, 1),
         "speedup": round(theirs_s / ours_s, 2),
         "flops_per_step_G": round(flops / 1e9, 1),
+        "nominal_flops_per_step_G": round(nominal / 1e9, 1),
         "achieved_GFLOPs": round(achieved, 1),
+        "lightly_achieved_GFLOPs": round(nominal / theirs_s / 1e9, 1),
         "peak_GFLOPs": round(peak, 1),
         "fraction_of_peak": round(achieved / peak, 2),
     }
@@ -330,12 +384,15 @@ def _memory_target(part: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
-        "--only", nargs="*", default=None, help="parts: peak sinkhorn multicrop resnet18 resnet50"
+        "--only",
+        nargs="*",
+        default=None,
+        help="parts: peak sinkhorn multicrop conv resnet18 resnet50",
     )
     ap.add_argument("--memory", action="store_true", help="also measure peak memory per side")
     ap.add_argument("--out", default=str(HERE / "results" / "perf.json"))
     args = ap.parse_args()
-    parts = args.only or ["peak", "sinkhorn", "multicrop", "resnet18", "resnet50"]
+    parts = args.only or ["peak", "sinkhorn", "multicrop", "conv", "resnet18", "resnet50"]
     out_path = Path(args.out)
     record = json.loads(out_path.read_text()) if out_path.exists() else {}
     record["machine"] = {
@@ -359,9 +416,11 @@ def main() -> None:
         elif part == "multicrop":
             r = bench_multicrop()
             torch.set_num_threads(threads)
+        elif part == "conv":
+            r = bench_conv()
         else:
             r = bench_step(part, record["peak"])
-        if args.memory:
+        if args.memory and part != "conv":
             r["peak_rss_mb_ours"] = round(memory_of(f"ours:{part}"), 0)
             r["peak_rss_mb_peer"] = round(memory_of(f"peer:{part}"), 0)
         r["command"] = f"python benchmarks/perf.py --only {part}" + (

@@ -1,9 +1,10 @@
 """bf16 autocast against fp32: does the loss of a bf16 run track the fp32 run within noise?
 
-Trains the same preset three times with the training engine, ``--steps`` iterations each, the
+Trains the same preset four times with the training engine, ``--steps`` iterations each, the
 loss of every iteration recorded: fp32 and bf16 from the same seed (same initialisation, data
-order and crops), and fp32 from another seed. The noise level is how far the two fp32 runs are
-apart; bf16 tracks fp32 when its distance to the fp32 run of its own seed is no larger.
+order and crops), and fp32 from two more seeds. The noise level is how far apart fp32 runs of
+different seeds are (the largest of the three pairs); bf16 tracks fp32 when its distance to the
+fp32 run of its own seed is no larger.
 Distances are taken between moving averages over ``--window`` iterations (single iterations
 differ by the batch drawn, not by the precision).
 
@@ -73,36 +74,44 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        a, ta = run(args.preset, args.overrides, "fp32", 0, args.steps, root)
-        b, tb = run(args.preset, args.overrides, "bf16", 0, args.steps, root)
-        c, tc = run(args.preset, args.overrides, "fp32", 1, args.steps, root)
-    sa, sb, sc = (smooth(x, args.window) for x in (a, b, c))
-    bf16_gap = np.abs(sb - sa)
-    seed_gap = np.abs(sc - sa)
+        runs = {}
+        for precision, seed in [("fp32", 0), ("bf16", 0), ("fp32", 1), ("fp32", 2)]:
+            runs[f"{precision}_seed{seed}"] = run(
+                args.preset, args.overrides, precision, seed, args.steps, root
+            )
+    curves = {name: smooth(loss, args.window) for name, (loss, _) in runs.items()}
+
+    def gap(x: str, y: str) -> dict:
+        d = np.abs(curves[x] - curves[y])
+        return {"mean": round(float(d.mean()), 4), "max": round(float(d.max()), 4)}
+
+    bf16_gap = gap("bf16_seed0", "fp32_seed0")
+    seed_gaps = {
+        f"{x} vs {y}": gap(x, y)
+        for x, y in [
+            ("fp32_seed1", "fp32_seed0"),
+            ("fp32_seed2", "fp32_seed0"),
+            ("fp32_seed2", "fp32_seed1"),
+        ]
+    }
+    noise = max(g["mean"] for g in seed_gaps.values())
     record = {
         "command": "python benchmarks/precision.py "
         + " ".join(shlex.quote(x) for x in sys.argv[1:]),
         "preset": args.preset,
         "overrides": args.overrides,
-        "steps": int(len(a)),
+        "steps": args.steps,
         "window": args.window,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "seconds": {
-            "fp32_seed0": round(ta, 1),
-            "bf16_seed0": round(tb, 1),
-            "fp32_seed1": round(tc, 1),
-        },
+        "seconds": {name: round(t, 1) for name, (_, t) in runs.items()},
         "final_loss": {
-            "fp32_seed0": round(float(a[-args.window :].mean()), 4),
-            "bf16_seed0": round(float(b[-args.window :].mean()), 4),
-            "fp32_seed1": round(float(c[-args.window :].mean()), 4),
+            name: round(float(loss[-args.window :].mean()), 4) for name, (loss, _) in runs.items()
         },
-        "mean_gap_bf16_vs_fp32": round(float(bf16_gap.mean()), 4),
-        "max_gap_bf16_vs_fp32": round(float(bf16_gap.max()), 4),
-        "mean_gap_fp32_seed1_vs_seed0": round(float(seed_gap.mean()), 4),
-        "max_gap_fp32_seed1_vs_seed0": round(float(seed_gap.max()), 4),
-        "within_noise": bool(bf16_gap.mean() <= seed_gap.mean()),
-        "loss": {"fp32_seed0": a.tolist(), "bf16_seed0": b.tolist(), "fp32_seed1": c.tolist()},
+        "gap_bf16_vs_fp32": bf16_gap,
+        "gaps_between_fp32_seeds": seed_gaps,
+        "noise_mean_gap": noise,
+        "within_noise": bool(bf16_gap["mean"] <= noise),
+        "loss": {name: loss.tolist() for name, (loss, _) in runs.items()},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -113,8 +122,8 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, x in (("fp32, seed 0", a), ("bf16, seed 0", b), ("fp32, seed 1", c)):
-        ax.plot(np.arange(args.window - 1, len(x)), smooth(x, args.window), label=name)
+    for name, curve in curves.items():
+        ax.plot(np.arange(args.window - 1, args.window - 1 + len(curve)), curve, label=name)
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"loss (moving average of {args.window})")
     ax.legend()

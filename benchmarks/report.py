@@ -39,9 +39,9 @@ def main() -> None:
     out = [
         "# Recorded benchmark results",
         "",
-        "Produced by the commands below on the 2-core CPU development machine "
-        "(AMD EPYC, AVX2, no AVX-512 / bf16 support, so fp32 throughout). Regenerate this "
-        "page with `python benchmarks/report.py`.",
+        "Produced by the commands below on a 2-core CPU machine (AMD EPYC, AVX2, no AVX-512 / "
+        "bf16 instructions, so the speed figures are fp32). Regenerate this page with "
+        "`python benchmarks/report.py`.",
         "",
     ]
     quality = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("quality_*.json"))]
@@ -82,6 +82,8 @@ def main() -> None:
                 r = p[key]
                 notes = (
                     f"{r['crops']}, batch {r['batch']}, {r['precision_ours']}; "
+                    f"{r['flops_per_step_G']} GFLOP performed per step "
+                    f"({r.get('nominal_flops_per_step_G', '?')} counted the usual way), "
                     f"{r['achieved_GFLOPs']} GFLOP/s = {r['fraction_of_peak']:.0%} of peak"
                 )
                 notes += _rss(r)
@@ -108,6 +110,49 @@ def main() -> None:
                 f"{r['speedup']}x | {notes} | `{r['command']}` |"
             )
         out.append("")
+        if "conv" in p:
+            r = p["conv"]
+            out += [
+                "Small feature maps: one convolution, forward + backward (input and weight "
+                f"gradients), fp32, channels-last; tap-by-tap matrix products against oneDNN "
+                f"(`{r['command']}`). The tap path is used for maps of at most 4 x 4.",
+                "",
+                "| convolution | tap products (ms) | oneDNN (ms) | ratio | used |",
+                "|---|---|---|---|---|",
+            ]
+            for c in r["shapes"]:
+                used = "yes" if c["tap_path_used"] else "no"
+                out.append(
+                    f"| {c['shape']} | {c['tap_ms']} | {c['onednn_ms']} | {c['speedup']}x | "
+                    f"{used} |"
+                )
+            out.append("")
+    prec_path = HERE / "results" / "precision.json"
+    if prec_path.exists():
+        r = json.loads(prec_path.read_text())
+        out += [
+            "## bf16 autocast against fp32",
+            "",
+            f"{r['steps']} iterations of the `{r['preset']}` preset with the training engine on "
+            f"this CPU ({r['cpu_capability']}: bf16 is emulated, hence the time); distances "
+            f"between moving averages of the loss over {r['window']} iterations (plot: "
+            "[`results/precision.png`](results/precision.png)).",
+            "",
+            "| runs compared | mean distance | max distance |",
+            "|---|---|---|",
+            f"| bf16 seed 0 vs fp32 seed 0 | {r['gap_bf16_vs_fp32']['mean']} | "
+            f"{r['gap_bf16_vs_fp32']['max']} |",
+        ]
+        for pair, g in r["gaps_between_fp32_seeds"].items():
+            out.append(f"| {pair} (noise) | {g['mean']} | {g['max']} |")
+        finals = ", ".join(f"{k} {v}" for k, v in r["final_loss"].items())
+        times = ", ".join(f"{k} {v} s" for k, v in r["seconds"].items())
+        out += [
+            "",
+            f"Final loss (mean of the last {r['window']} iterations): {finals}. Time: {times}.",
+            f"bf16 within noise: {'yes' if r['within_noise'] else 'no'}. Command: `{r['command']}`",
+            "",
+        ]
     (HERE / "RESULTS.md").write_text("\n".join(out) + "\n")
     print("\n".join(out))
 

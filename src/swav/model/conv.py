@@ -5,7 +5,7 @@ layer3 at 2 x 2 and layer4 at 1 x 1. On such maps most taps of a padded 3 x 3 ke
 padding, and oneDNN's CPU backward pass is very slow there (about 30x its forward on a 1 x 1
 map, where the convolution is really one matrix product with the centre tap).
 
-``TapConv2d`` computes ``y = sum over taps t of shift_t(x) @ W_t`` in channels-last layout,
+``tap_conv2d`` computes ``y = sum over taps t of shift_t(x) @ W_t`` in channels-last layout,
 each tap restricted to the output rows and columns whose input is inside the map, so no product
 touches padding. Forward, input gradient and weight gradient are then plain matrix products of
 exactly the useful size. ``Conv2d`` is an ``nn.Conv2d`` (same parameters, same state-dict keys)
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 # input maps of at most this many pixels (4 x 4) take the tap path on the CPU; at 8 x 8
-# oneDNN is faster again
+# oneDNN is faster again (benchmarks/perf.py --only conv)
 TAP_MAX_PIXELS = 16
 
 
