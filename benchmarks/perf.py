@@ -169,25 +169,29 @@ def bench_multicrop(rounds=5, reps=20) -> dict:
 
 # ------------------------------------------------------------------------------------ conv
 
-# (batch, channels in, map size, channels out, kernel, stride): the 3 x 3 convolutions of
-# ResNet-18 on 2 x 64 px + 4 x 32 px crops, batched per resolution
+# (batch, channels in, map size, channels out, kernel, stride): the convolutions of ResNet-18 on
+# 2 x 64 px + 4 x 32 px crops and of ResNet-50 on 6 x 96 px crops, batched per resolution
 CONV_SHAPES = [
     (256, 512, 1, 512, 3, 1),
     (128, 512, 2, 512, 3, 1),
     (256, 256, 2, 256, 3, 1),
     (256, 256, 2, 512, 3, 2),
-    (128, 256, 4, 256, 3, 1),
     (128, 256, 4, 512, 3, 2),
+    (256, 128, 2, 256, 1, 2),
+    (192, 512, 3, 512, 3, 1),
+    (192, 512, 6, 512, 3, 2),
+    (192, 2048, 3, 512, 1, 1),
+    (128, 256, 4, 256, 3, 1),
     (256, 128, 4, 128, 3, 1),
+    (192, 256, 6, 256, 3, 1),
     (128, 128, 8, 128, 3, 1),
-    (256, 64, 8, 64, 3, 1),
 ]
 
 
 def bench_conv(rounds=3, reps=3) -> dict:
     """Forward + backward (input and weight gradients) of one convolution, fp32, channels-last:
     oneDNN (``F.conv2d``) against the tap-by-tap matrix products of ``swav.model.conv``."""
-    from swav.model.conv import TAP_MAX_PIXELS, tap_conv2d
+    from swav.model.conv import tap_conv2d, uses_tap_path
 
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -210,7 +214,7 @@ def bench_conv(rounds=3, reps=3) -> dict:
                 "tap_ms": round(statistics.median(ta) * 1e3, 1),
                 "onednn_ms": round(statistics.median(tb) * 1e3, 1),
                 "speedup": round(statistics.median(tb) / statistics.median(ta), 2),
-                "tap_path_used": hw * hw <= TAP_MAX_PIXELS,
+                "tap_path_used": uses_tap_path(hw, hw, (k, k), (s, s), (k // 2, k // 2)),
             }
         )
     return {"what": "forward + backward, fp32, channels-last", "shapes": rows}

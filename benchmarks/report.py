@@ -115,7 +115,8 @@ def main() -> None:
             out += [
                 "Small feature maps: one convolution, forward + backward (input and weight "
                 f"gradients), fp32, channels-last; tap-by-tap matrix products against oneDNN "
-                f"(`{r['command']}`). The tap path is used for maps of at most 4 x 4.",
+                f"(`{r['command']}`). The tap path is used where the output map has at most "
+                "3 x 3 pixels.",
                 "",
                 "| convolution | tap products (ms) | oneDNN (ms) | ratio | used |",
                 "|---|---|---|---|---|",

@@ -88,13 +88,16 @@ def test_autocast_computes_in_the_autocast_dtype():
     assert w.grad.dtype == torch.float32 and torch.isfinite(w.grad).all()
 
 
-def test_conv2d_module_takes_the_tap_path_for_small_maps_only():
+def test_conv2d_module_takes_the_tap_path_for_small_outputs_only():
     conv = Conv2d(6, 6, 3, 1, 1, bias=False)
-    small = torch.randn(2, 6, 4, 4, requires_grad=True)
-    large = torch.randn(2, 6, 8, 8, requires_grad=True)
-    assert 4 * 4 <= TAP_MAX_PIXELS < 8 * 8
+    down = Conv2d(6, 6, 3, 2, 1, bias=False)
+    small = torch.randn(2, 6, 3, 3, requires_grad=True)
+    large = torch.randn(2, 6, 4, 4, requires_grad=True)
+    assert 3 * 3 <= TAP_MAX_PIXELS < 4 * 4
     assert type(conv(small).grad_fn).__name__ == "_TapConvBackward"
     assert type(conv(large).grad_fn).__name__ != "_TapConvBackward"
+    # a 6 x 6 map at stride 2 gives a 3 x 3 output: tap path
+    assert type(down(torch.randn(2, 6, 6, 6)).grad_fn).__name__ == "_TapConvBackward"
     ref = nn.Conv2d(6, 6, 3, 1, 1, bias=False)
     ref.load_state_dict(conv.state_dict())
     for x in (small, large):

@@ -9,8 +9,9 @@ map, where the convolution is really one matrix product with the centre tap).
 each tap restricted to the output rows and columns whose input is inside the map, so no product
 touches padding. Forward, input gradient and weight gradient are then plain matrix products of
 exactly the useful size. ``Conv2d`` is an ``nn.Conv2d`` (same parameters, same state-dict keys)
-that takes this path for CPU inputs of at most ``TAP_MAX_PIXELS`` pixels, where it measures
-faster than oneDNN (``benchmarks/perf.py --only conv``), and ``nn.Conv2d``'s path otherwise.
+that takes this path on the CPU when the output map has at most ``TAP_MAX_PIXELS`` pixels, where
+it measures faster than oneDNN (``benchmarks/perf.py --only conv``), and ``nn.Conv2d``'s path
+otherwise.
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-# input maps of at most this many pixels (4 x 4) take the tap path on the CPU; at 8 x 8
-# oneDNN is faster again (benchmarks/perf.py --only conv)
-TAP_MAX_PIXELS = 16
+# convolutions whose output map has at most this many pixels (3 x 3) take the tap path on the
+# CPU: measured faster there (ResNet maps of 1, 2 and 3 px, and 4 or 6 px at stride 2), while at
+# 4 x 4 and above oneDNN is as fast or faster (benchmarks/perf.py --only conv)
+TAP_MAX_PIXELS = 9
+
+
+def uses_tap_path(
+    h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> bool:
+    """Whether ``Conv2d`` computes an h x w CPU input tap by tap: when the output is small."""
+    ho = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    wo = (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    return ho > 0 and wo > 0 and ho * wo <= TAP_MAX_PIXELS
 
 
 def _tap_ranges(size: int, out_size: int, k: int, stride: int, pad: int) -> list[tuple]:
@@ -149,18 +160,19 @@ class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` that computes small CPU feature maps with ``tap_conv2d``.
 
     Same parameters and state-dict keys as ``nn.Conv2d``; the tap path is taken for CPU inputs
-    of at most ``TAP_MAX_PIXELS`` pixels with groups 1, dilation 1 and zero padding.
+    whose output has at most ``TAP_MAX_PIXELS`` pixels, with groups 1, dilation 1 and zero
+    padding.
     """
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if (
             input.device.type == "cpu"
             and input.dim() == 4
-            and input.shape[-1] * input.shape[-2] <= TAP_MAX_PIXELS
             and self.groups == 1
             and self.dilation == (1, 1)
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
+            and uses_tap_path(*input.shape[-2:], self.kernel_size, self.stride, self.padding)
         ):
             return tap_conv2d(input, weight, bias, self.stride, self.padding)
         return super()._conv_forward(input, weight, bias)
