@@ -428,7 +428,7 @@ def main() -> None:
             r["peak_rss_mb_ours"] = round(memory_of(f"ours:{part}"), 0)
             r["peak_rss_mb_peer"] = round(memory_of(f"peer:{part}"), 0)
         r["command"] = f"python benchmarks/perf.py --only {part}" + (
-            " --memory" if args.memory else ""
+            " --memory" if args.memory and part != "conv" else ""
         )
         record[part] = r
         print(part, json.dumps(r), flush=True)

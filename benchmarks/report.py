@@ -69,8 +69,9 @@ def main() -> None:
         out += [
             "## Speed, side by side in one process (alternating)",
             "",
-            f"Machine: {p['machine']}. Matmul peak: fp32 {p['peak']['fp32']} GFLOP/s, "
-            f"bf16 {p['peak']['bf16']} GFLOP/s.",
+            f"Machine: {p['machine']['cpu']}, {p['machine']['threads']} threads, "
+            f"{p['machine']['cpu_capability']}, torch {p['machine']['torch']}. Matmul peak: "
+            f"fp32 {p['peak']['fp32']} GFLOP/s, bf16 {p['peak']['bf16']} GFLOP/s (emulated).",
             "",
         ]
         out += [
