@@ -243,3 +243,12 @@ def test_crops_of_the_pipeline_respect_configured_scale_and_size(monkeypatch):
         slack = (h + w + 1) / (H * W)
         frac = h * w / (H * W)
         assert cfg["min_scale"][group] - slack <= frac <= cfg["max_scale"][group] + slack
+
+
+def test_device_option_runs_the_same_pipeline():
+    kw = dict(n_crops=[1, 2], sizes=[32, 16], min_scale=[0.3, 0.1], max_scale=[1, 0.3])
+    on_device = MultiCrop(device="cpu", backend="pil", **kw)
+    assert on_device.config.backend == "tensor"  # a device implies the tensor backend
+    a = on_device(image(), torch.Generator().manual_seed(4))
+    b = MultiCrop(**kw)(image(), torch.Generator().manual_seed(4))
+    assert all(x.device.type == "cpu" and torch.equal(x, y) for x, y in zip(a, b))
