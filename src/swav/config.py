@@ -123,7 +123,7 @@ class TrainConfig:
     channels_last: bool = True
     """NHWC memory format for the backbone (faster convolutions on CPU and tensor cores)."""
     compile: bool = False
-    """torch.compile the backbone (compiling takes minutes, over 15 on a 2-core CPU for
+    """torch.compile the model (compiling takes minutes, over 15 on a 2-core CPU for
     ResNet-18; measure before turning it on)."""
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda or cuda:N."""
