@@ -237,8 +237,7 @@ def color_jitter(x: Tensor, factors: list[float], order: list[int], active: list
         if op == 0:
             x = x.mul_(f).clamp_(0.0, 1.0)
         elif op == 1:
-            weights = torch.tensor([0.2989, 0.587, 0.114], device=x.device)
-            mean = (x.mean(dim=(-2, -1)) * weights).sum()
+            mean = _gray(x).mean()
             x = x.mul_(f).add_(mean * (1.0 - f)).clamp_(0.0, 1.0)
         elif op == 2:
             grey = _gray(x).mul_(1.0 - f)

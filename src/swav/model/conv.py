@@ -16,6 +16,8 @@ otherwise.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -25,12 +27,15 @@ from torch import Tensor, nn
 TAP_MAX_PIXELS = 9
 
 
+def _output_size(h: int, w: int, k, stride, pad) -> tuple[int, int]:
+    return (h + 2 * pad[0] - k[0]) // stride[0] + 1, (w + 2 * pad[1] - k[1]) // stride[1] + 1
+
+
 def uses_tap_path(
     h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
 ) -> bool:
     """Whether ``Conv2d`` computes an h x w CPU input tap by tap: when the output is small."""
-    ho = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
-    wo = (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    ho, wo = _output_size(h, w, kernel, stride, padding)
     return ho > 0 and wo > 0 and ho * wo <= TAP_MAX_PIXELS
 
 
@@ -47,12 +52,12 @@ def _tap_ranges(size: int, out_size: int, k: int, stride: int, pad: int) -> list
     return ranges
 
 
+@functools.lru_cache(maxsize=256)
 def _plan(h: int, w: int, k: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int]):
     """Output size and, per kernel tap that reads inside the map: (kh, kw, input region, output
     region, whether the output region is the whole output, whether the input region is the whole
     input). Output (i, j) reads input (i * stride + kh - pad, j * stride + kw - pad)."""
-    ho = (h + 2 * pad[0] - k[0]) // stride[0] + 1
-    wo = (w + 2 * pad[1] - k[1]) // stride[1] + 1
+    ho, wo = _output_size(h, w, k, stride, pad)
     if ho < 1 or wo < 1:
         raise RuntimeError(
             f"convolution: the padded input ({h + 2 * pad[0]} x {w + 2 * pad[1]}) is smaller "
@@ -68,7 +73,7 @@ def _plan(h: int, w: int, k: tuple[int, int], stride: tuple[int, int], pad: tupl
             whole_out = i1 - i0 == ho and j1 - j0 == wo
             whole_in = i1 - i0 == h and j1 - j0 == w
             taps.append((kh, kw, src, dst, whole_out, whole_in))
-    return ho, wo, taps
+    return ho, wo, tuple(taps)  # cached: shared by every call of the same shape
 
 
 def _add(acc: Tensor | None, region, whole: bool, value: Tensor, shape) -> Tensor:
@@ -87,7 +92,7 @@ class _TapConv(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, stride, padding) -> Tensor:
         n, c, h, w = x.shape
         o = weight.shape[0]
-        ho, wo, taps = _plan(h, w, tuple(weight.shape[2:]), stride, padding)
+        ho, wo, taps = _plan(h, w, tuple(weight.shape[2:]), tuple(stride), tuple(padding))
         xh = x.permute(0, 2, 3, 1)  # NHWC view: free for channels-last input
         wt = weight.permute(2, 3, 1, 0)  # k x k x C x O view
         y = None
