@@ -252,3 +252,89 @@ def test_device_option_runs_the_same_pipeline():
     a = on_device(image(), torch.Generator().manual_seed(4))
     b = MultiCrop(**kw)(image(), torch.Generator().manual_seed(4))
     assert all(x.device.type == "cpu" and torch.equal(x, y) for x, y in zip(a, b))
+
+
+def smooth_image(h, w, seed):
+    """A uint8 image without pixel-level noise, so that two resampling filters agree closely."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, max(2, h // 12), max(2, w // 12), generator=g)
+    big = torch.nn.functional.interpolate(coarse, (h, w), mode="bicubic", align_corners=False)
+    return (big[0].clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def test_batched_photometric_equals_per_crop_operations():
+    from swav.data.multicrop import photometric_batch
+
+    mc = MultiCrop(blur_prob=0.6, grayscale_prob=0.3)
+    g = torch.Generator().manual_seed(0)
+    crops = torch.randint(0, 256, (48, 3, 20, 20), dtype=torch.uint8, generator=g)
+    _, steps = mc._draw_group(100, 100, 48, (0.1, 1.0), g)
+    # every kind of step occurs: flips, each jitter operation at each position, grey, blur
+    assert {s["flip"] for s in steps} == {True, False}
+    assert {s["gray"] for s in steps} == {True, False}
+    assert {s["sigma"] is None for s in steps} == {True, False}
+    orders = [s["jitter"][1] for s in steps if s["jitter"] is not None]
+    assert {(p, o[p]) for o in orders for p in range(4)} == {
+        (p, op) for p in range(4) for op in range(4)
+    }
+    expected = torch.stack([mc._photometric(c, **s) for c, s in zip(crops, steps)])
+    got = photometric_batch(crops.float() / 255, steps, mc._active)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(3, 7), (20, 20)])
+def test_batched_blur_equals_per_image_blur(size):
+    from swav.data.multicrop import gaussian_blur, gaussian_blur_batch
+
+    x = torch.rand(5, 3, *size, generator=torch.Generator().manual_seed(1))
+    sigmas = [0.1, 0.5, 1.0, 2.0, 1.5]  # radii 1 to 6, cut to the map where it is smaller
+    expected = torch.stack([gaussian_blur(a, s) for a, s in zip(x, sigmas)])
+    torch.testing.assert_close(gaussian_blur_batch(x, sigmas), expected, atol=1e-6, rtol=0)
+
+
+def test_batch_draws_the_parameters_of_the_per_image_pipeline():
+    kw = dict(n_crops=[2, 3], sizes=[48, 24], min_scale=[0.3, 0.05], max_scale=[1, 0.3])
+    mc = MultiCrop(**kw)
+    images = [smooth_image(120, 90, 1), smooth_image(64, 200, 2), smooth_image(96, 96, 3)]
+
+    def gens():
+        return [torch.Generator().manual_seed(s) for s in (11, 12, 13)]
+
+    batched = mc.batch(images, gens())
+    per_image = [mc(img, g) for img, g in zip(images, gens())]
+    assert [tuple(b.shape) for b in batched] == [(3, 3, 48, 48)] * 2 + [(3, 3, 24, 24)] * 3
+    for v, b in enumerate(batched):
+        reference = torch.stack([crops[v] for crops in per_image])
+        # the same boxes and photometric steps; only the resampling filter differs
+        assert (b - reference).abs().mean() < 0.02, v
+    other = mc.batch(images, [torch.Generator().manual_seed(s) for s in (1, 2, 3)])
+    assert (other[0] - batched[0]).abs().mean() > 0.1
+
+
+def test_batch_resampling_is_close_to_the_antialiased_resize():
+    import torchvision.transforms.v2.functional as TF
+    from torchvision.ops import roi_align
+
+    img = smooth_image(150, 200, 4)
+    for top, left, h, w, size in [(10, 20, 120, 160, 48), (5, 7, 30, 20, 64), (0, 0, 150, 200, 96)]:
+        box = torch.tensor([[left, top, left + w, top + h]], dtype=torch.float32)
+        ours = roi_align(img[None].float(), [box], size, 1.0, -1, aligned=True)[0]
+        ref = TF.resized_crop(img.float(), top, left, h, w, [size, size], antialias=True)
+        assert (ours - ref).abs().mean() < 2.0, (top, left, h, w, size)  # of 255
+    # a box of exactly the output size samples the pixel centres: the crop itself
+    box = torch.tensor([[7, 5, 7 + 32, 5 + 32]], dtype=torch.float32)
+    out = roi_align(img[None].float(), [box], 32, 1.0, -1, aligned=True)[0]
+    torch.testing.assert_close(out, img[:, 5:37, 7:39].float())
+
+
+def test_batch_on_the_configured_device_and_bad_calls():
+    mc = MultiCrop(
+        device="cpu", n_crops=[1, 1], sizes=[16, 8], min_scale=[0.5, 0.1], max_scale=[1, 0.5]
+    )
+    out = mc.batch([smooth_image(30, 40, 5), smooth_image(10, 12, 6)])
+    assert [tuple(o.shape) for o in out] == [(2, 3, 16, 16), (2, 3, 8, 8)]
+    assert all(torch.isfinite(o).all() for o in out)
+    with pytest.raises(ValueError, match="generators"):
+        mc.batch([smooth_image(30, 40, 5)], [None, None])
+    with pytest.raises(ValueError, match="on_device"):
+        MultiCropConfig(on_device=True, backend="pil").validate()

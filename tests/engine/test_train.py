@@ -196,3 +196,24 @@ def test_interrupt_signal_saves_mid_epoch(tmp_path):
     assert state["epoch"] == 0 and state["next_batch"] == 2
     r2 = pretrain(cfg, progress=False)
     assert r2.epochs_done == 1 and not r2.interrupted
+
+
+def test_multicrop_on_device_trains_and_resumes_exactly(tmp_path):
+    extra = {"multicrop.on_device": True, "train.deterministic": True}
+    straight = build_config(None, tiny_overrides(tmp_path / "a", **extra))
+    r = pretrain(straight, progress=False)
+    assert r.epochs_done == 2 and r.iterations == 6 and math.isfinite(r.last_loss)
+    split = build_config(None, tiny_overrides(tmp_path / "b", **extra))
+    pretrain(split, progress=False, stop_after_epoch=1)
+    pretrain(split, progress=False)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the loader only decoded: the crops came from MultiCrop.batch, not the per-image path
+    plain = _weights_after(tmp_path / "c", {"train.deterministic": True})
+    assert any(not torch.equal(a[k], plain[k]) for k in a if a[k].is_floating_point())
+
+
+def _weights_after(run, extra):
+    pretrain(build_config(None, tiny_overrides(run, **extra)), progress=False)
+    return _weights(run)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from swav.data.multicrop import MultiCrop
+from swav.data.multicrop import MultiCrop, to_uint8_tensor
 from swav.data.sources import ImageSource, load_rgb
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,17 @@ log = logging.getLogger(__name__)
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+@dataclass
+class Decoded:
+    """A decoded image (3 x H x W uint8) and its augmentation seed, for ``MultiCrop.batch``."""
+
+    image: torch.Tensor
+    seed: int
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
 
 
 @dataclass
@@ -35,11 +46,14 @@ class MultiCropDataset(Dataset):
     """Decodes ``source[index]`` and returns ``(crops, label, index)``, or ``Corrupt``.
 
     Keys are ``(index, seed)`` pairs from ``EpochSampler`` (or a plain index, with seed 0).
+    With ``decode_only`` the crops are left to ``MultiCrop.batch`` on the training device and
+    the first item is a ``Decoded`` image with its seed instead.
     """
 
-    def __init__(self, source: ImageSource, transform: MultiCrop) -> None:
+    def __init__(self, source: ImageSource, transform: MultiCrop, decode_only: bool = False):
         self.source = source
         self.transform = transform
+        self.decode_only = decode_only
 
     def __len__(self) -> int:
         return len(self.source)
@@ -52,6 +66,8 @@ class MultiCropDataset(Dataset):
         except Exception as e:  # any decoder failure: skip the image, keep training
             names = self.source.names
             return Corrupt(index, names[index] if names else str(index), f"{type(e).__name__}: {e}")
+        if self.decode_only:
+            return Decoded(to_uint8_tensor(img), seed), label, index
         g = torch.Generator().manual_seed(seed)
         return self.transform(img, g), label, index
 
@@ -98,14 +114,17 @@ class EpochSampler(Sampler):
 def collate_crops(batch):
     """Stacks crops per position; drops and reports corrupt images.
 
-    Returns ``(crops, labels, indices, corrupt)`` where ``corrupt`` lists ``Corrupt`` records.
+    Returns ``(crops, labels, indices, corrupt)`` where ``corrupt`` lists ``Corrupt`` records;
+    for decode-only samples ``crops`` is the list of ``Decoded`` images.
     """
     good = [b for b in batch if not isinstance(b, Corrupt)]
     bad = [b for b in batch if isinstance(b, Corrupt)]
     if not good:
         return [], torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad
-    n_crops = len(good[0][0])
-    crops = [torch.stack([b[0][v] for b in good]) for v in range(n_crops)]
+    if isinstance(good[0][0], Decoded):
+        crops = [b[0] for b in good]
+    else:
+        crops = [torch.stack([b[0][v] for b in good]) for v in range(len(good[0][0]))]
     labels = torch.tensor([b[1] for b in good], dtype=torch.long)
     indices = torch.tensor([b[2] for b in good], dtype=torch.long)
     return crops, labels, indices, bad

@@ -68,6 +68,10 @@ class MultiCropConfig:
     """Photometric operations: 'tensor' (torch float operations per crop, in place; the fastest on
     a CPU, and what runs on a device with MultiCrop(device=...)) or 'pil' (Pillow's operations on
     uint8 crops, as the reference implementation and torchvision's PIL transforms do)."""
+    on_device: bool = False
+    """Crop and augment on the training device, a whole batch at a time (MultiCrop.batch): the
+    loader workers only decode. For GPUs whose CPU cannot keep up with the per-image pipeline;
+    uses the tensor operations."""
 
     def validate(self) -> None:
         groups = len(self.n_crops)
@@ -99,6 +103,11 @@ class MultiCropConfig:
             raise ValueError("multicrop.mean and multicrop.std need 3 values, std > 0")
         if self.backend not in ("pil", "tensor"):
             raise ValueError(f"multicrop.backend must be 'pil' or 'tensor', got {self.backend!r}")
+        if self.on_device and self.backend != "tensor":
+            raise ValueError(
+                "multicrop.on_device runs the tensor operations on the device: set "
+                "multicrop.backend=tensor or multicrop.on_device=false"
+            )
 
     @property
     def total_crops(self) -> int:
@@ -180,15 +189,12 @@ def gaussian_blur(img: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of a float C x H x W image, kernel radius ceil(3 sigma),
     reflect padding (like PIL's GaussianBlur(radius=sigma)); on images smaller than the kernel
     the kernel is cut to the image and renormalised."""
-    k = _gaussian_kernel(sigma)
-    r = k.numel() // 2
     h, w = img.shape[-2:]
     x = img
     for dim, size in ((-1, w), (-2, h)):
-        rr = min(r, size - 1)
-        if rr > 0:
-            kk = k[r - rr : r + rr + 1]
-            x = _blur_axis(x, kk / kk.sum(), rr, dim)
+        k = _cut_kernel(sigma, size)
+        if k.numel() > 1:
+            x = _blur_axis(x, k, k.numel() // 2, dim)
     return x
 
 
@@ -226,25 +232,96 @@ def adjust_hue(x: Tensor, shift: float | Tensor) -> Tensor:
     return k.mul_(c.unsqueeze(-3).neg()).add_(v.unsqueeze(-3))
 
 
+def _jitter_op(x: Tensor, op: int, f: float | Tensor) -> Tensor:
+    """One ColorJitter operation (0 brightness, 1 contrast, 2 saturation, 3 hue) on float
+    images in [0, 1] (... x 3 x H x W, modified in place where possible) with factor ``f``: a
+    float, or a tensor of one factor per image of an n x 3 x H x W batch."""
+    if op == 3:
+        return adjust_hue(x, f)
+    if isinstance(f, Tensor):
+        f = f.view(-1, 1, 1, 1)
+    if op == 0:
+        return x.mul_(f).clamp_(0.0, 1.0)
+    if op == 1:
+        mean = _gray(x).mean(dim=(-3, -2, -1), keepdim=True)
+        return x.mul_(f).add_(mean * (1.0 - f)).clamp_(0.0, 1.0)
+    grey = _gray(x).mul_(1.0 - f)
+    return x.mul_(f).add_(grey).clamp_(0.0, 1.0)
+
+
 def color_jitter(x: Tensor, factors: list[float], order: list[int], active: list[bool]) -> Tensor:
     """ColorJitter on one float crop in [0, 1] (3 x H x W, modified in place where possible):
     brightness, contrast, saturation and hue with the given factors, in the given order, each
     clamped to [0, 1] as torchvision does."""
     for op in order:
-        if not active[op]:
-            continue
-        f = factors[op]
-        if op == 0:
-            x = x.mul_(f).clamp_(0.0, 1.0)
-        elif op == 1:
-            mean = _gray(x).mean()
-            x = x.mul_(f).add_(mean * (1.0 - f)).clamp_(0.0, 1.0)
-        elif op == 2:
-            grey = _gray(x).mul_(1.0 - f)
-            x = x.mul_(f).add_(grey).clamp_(0.0, 1.0)
-        else:
-            x = adjust_hue(x, f)
+        if active[op]:
+            x = _jitter_op(x, op, factors[op])
     return x
+
+
+def _cut_kernel(sigma: float, size: int) -> Tensor:
+    """The blur kernel of ``sigma`` cut to a map of ``size`` pixels and renormalised."""
+    k = _gaussian_kernel(sigma)
+    r = k.numel() // 2
+    rr = min(r, size - 1)
+    k = k[r - rr : r + rr + 1]
+    return k / k.sum()
+
+
+def gaussian_blur_batch(x: Tensor, sigmas: Sequence[float]) -> Tensor:
+    """``gaussian_blur`` of each image of an n x C x H x W float batch with its own sigma, as two
+    depthwise convolutions (kernels zero-padded to the largest radius, reflect padding)."""
+    n, c, h, w = x.shape
+    for dim, size in ((-1, w), (-2, h)):
+        kernels = [_cut_kernel(s, size) for s in sigmas]
+        radius = max(k.numel() // 2 for k in kernels)
+        if radius == 0:
+            continue
+        weight = torch.zeros(n, 2 * radius + 1)
+        for row, k in zip(weight, kernels):
+            r = k.numel() // 2
+            row[radius - r : radius + r + 1] = k
+        weight = weight.repeat_interleave(c, 0).to(x.device, non_blocking=True)
+        flat = x.reshape(1, n * c, h, w)
+        if dim == -1:
+            flat = F.pad(flat, (radius, radius, 0, 0), mode="reflect")
+            weight = weight.view(n * c, 1, 1, -1)
+        else:
+            flat = F.pad(flat, (0, 0, radius, radius), mode="reflect")
+            weight = weight.view(n * c, 1, -1, 1)
+        x = F.conv2d(flat, weight.to(x.dtype), groups=n * c).view(n, c, h, w)
+    return x
+
+
+def _on_rows(x: Tensor, rows: list[int], fn) -> Tensor:
+    """x[rows] = fn(x[rows]) (fn may work in place); every row: fn(x) itself."""
+    if not rows:
+        return x
+    if len(rows) == x.shape[0]:
+        return fn(x)
+    idx = torch.tensor(rows, dtype=torch.long).to(x.device, non_blocking=True)
+    return x.index_copy_(0, idx, fn(x.index_select(0, idx)))
+
+
+def photometric_batch(x: Tensor, steps: Sequence[dict], active: list[bool]) -> Tensor:
+    """The photometric steps of ``MultiCrop`` (flip, colour jitter in each crop's own order,
+    grayscale, blur), one dict per crop as ``MultiCrop._draw_group`` gives them, applied to an
+    n x 3 x H x W float batch in [0, 1] with a few batched operations per step: crops that take
+    the same operation at the same position of their jitter order go together."""
+    x = _on_rows(x, [i for i, s in enumerate(steps) if s["flip"]], lambda t: t.flip(-1))
+    jittered = [(i, s["jitter"]) for i, s in enumerate(steps) if s["jitter"] is not None]
+    for position in range(4):
+        for op in range(4):
+            picked = [(i, f[op]) for i, (f, order) in jittered if order[position] == op]
+            if not active[op] or not picked:
+                continue
+            f = torch.tensor([v for _, v in picked]).to(x.device, non_blocking=True)
+            x = _on_rows(x, [i for i, _ in picked], lambda t, op=op, f=f: _jitter_op(t, op, f))
+    grays = [i for i, s in enumerate(steps) if s["gray"]]
+    x = _on_rows(x, grays, lambda t: _gray(t).expand(-1, 3, -1, -1).contiguous())
+    blurred = [(i, s["sigma"]) for i, s in enumerate(steps) if s["sigma"] is not None]
+    sigmas = [s for _, s in blurred]
+    return _on_rows(x, [i for i, _ in blurred], lambda t: gaussian_blur_batch(t, sigmas))
 
 
 class MultiCrop:
@@ -293,22 +370,21 @@ class MultiCrop:
             crops += list(self.augment_group(src, n, size, (lo, hi), generator).unbind(0))
         return crops
 
-    def augment_group(
+    def _draw_group(
         self,
-        src: Tensor,
+        height: int,
+        width: int,
         n: int,
-        size: int,
         scale: Sequence[float],
         generator: torch.Generator | None,
-    ) -> Tensor:
-        """``n`` crops of ``size`` px from a 3 x H x W uint8 image, as an n x 3 x size x size
-        float batch, each crop with its own random box and photometric parameters."""
+    ) -> tuple[list[tuple[int, int, int, int]], list[dict]]:
+        """The random parameters of ``n`` crops of one group from an image of height x width:
+        boxes (top, left, h, w) and per crop the photometric steps (flip, jitter factors and
+        order, grayscale, blur sigma), always drawn in the same order from ``generator``."""
         cfg = self.config
-        height, width = src.shape[1], src.shape[2]
-        batch = []
-        for _ in range(n):
-            top, left, h, w = sample_crop_box(height, width, tuple(scale), generator=generator)
-            batch.append(TF.resized_crop(src, top, left, h, w, [size, size], antialias=True))
+        boxes = [
+            sample_crop_box(height, width, tuple(scale), generator=generator) for _ in range(n)
+        ]
         u = torch.rand(n, 5, generator=generator).tolist()
         jit = [row[1] < cfg.jitter_prob for row in u]
         factors, order = self._jitter_params(sum(jit), generator)
@@ -324,11 +400,76 @@ class MultiCrop:
                 )
             )
             j += jittered
+        return boxes, steps
+
+    def augment_group(
+        self,
+        src: Tensor,
+        n: int,
+        size: int,
+        scale: Sequence[float],
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """``n`` crops of ``size`` px from a 3 x H x W uint8 image, as an n x 3 x size x size
+        float batch, each crop with its own random box and photometric parameters."""
+        boxes, steps = self._draw_group(src.shape[1], src.shape[2], n, scale, generator)
         out = torch.empty(n, 3, size, size, device=src.device)
-        photometric = self._photometric_pil if cfg.backend == "pil" else self._photometric
-        for crop, step, dst in zip(batch, steps, out):
+        photometric = self._photometric_pil if self.config.backend == "pil" else self._photometric
+        for (top, left, h, w), step, dst in zip(boxes, steps, out):
+            crop = TF.resized_crop(src, top, left, h, w, [size, size], antialias=True)
             x = photometric(crop, **step)
             torch.sub(x, self._mean, out=dst).div_(self._std)
+        return out
+
+    def batch(
+        self,
+        images: Sequence[Tensor],
+        generators: Sequence[torch.Generator | None] | None = None,
+        device: str | torch.device | None = None,
+    ) -> list[Tensor]:
+        """Multi-crops of a whole batch of decoded images, computed batched on ``device``.
+
+        ``images`` are 3 x H x W uint8 tensors (sizes may differ; see ``to_uint8_tensor``),
+        ``generators`` one per image (or None: torch's global generator). Returns
+        ``sum(n_crops)`` tensors of len(images) x 3 x size x size, crop ``v`` of every image in
+        the ``v``-th, as the loader's batches. The random parameters are those ``__call__`` draws
+        from the same generator; the work is a few batched operations per resolution group
+        instead of many small ones per crop, which is what a GPU needs when the CPU cannot keep
+        up with the per-image pipeline. The resize is an area-averaged bilinear resampling
+        (``roi_align`` with adaptive sampling), close to but not bit-equal with the per-image
+        antialiased resize.
+        """
+        from torchvision.ops import roi_align
+
+        cfg = self.config
+        device = torch.device(device) if device is not None else self._mean.device
+        gens = list(generators) if generators is not None else [None] * len(images)
+        if len(gens) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(gens)} generators")
+        groups = list(zip(cfg.n_crops, cfg.sizes, cfg.min_scale, cfg.max_scale))
+        draws = [  # per image, per group: (boxes, steps), in __call__'s order of draws
+            [
+                self._draw_group(img.shape[1], img.shape[2], n, (lo, hi), g)
+                for n, _, lo, hi in groups
+            ]
+            for img, g in zip(images, gens)
+        ]
+        srcs = [img.to(device, non_blocking=True) for img in images]
+        mean, std = self._mean.to(device), self._std.to(device)
+        out: list[Tensor] = []
+        for gi, (n, size, _, _) in enumerate(groups):
+            crops = []
+            for src, per_image in zip(srcs, draws):
+                boxes = torch.tensor(
+                    [[left, top, left + w, top + h] for top, left, h, w in per_image[gi][0]],
+                    dtype=torch.float32,
+                ).to(device, non_blocking=True)
+                crops.append(roi_align(src[None].float(), [boxes], size, 1.0, -1, aligned=True))
+            x = torch.cat(crops).mul_(1.0 / 255.0).clamp_(0.0, 1.0)
+            steps = [step for per_image in draws for step in per_image[gi][1]]
+            x = photometric_batch(x, steps, self._active)
+            x = x.sub_(mean).div_(std).view(len(images), n, 3, size, size)
+            out += list(x.unbind(1))
         return out
 
     def _photometric(self, crop: Tensor, flip, jitter, gray, sigma) -> Tensor:

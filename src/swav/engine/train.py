@@ -341,7 +341,7 @@ def _pretrain(
         forward = torch.compile(model)
 
     transform = MultiCrop(cfg.multicrop)
-    dataset = MultiCropDataset(source, transform)
+    dataset = MultiCropDataset(source, transform, decode_only=cfg.multicrop.on_device)
     loader = make_loader(dataset, sampler, bs, cfg.data.workers, device.type == "cuda")
 
     if info.is_main:
@@ -428,6 +428,10 @@ def _pretrain(
                             bad[0].name,
                             bad[0].error,
                         )
+                if crops and cfg.multicrop.on_device:  # decoded images: crop them here
+                    crops = transform.batch(
+                        [d.image for d in crops], [d.generator() for d in crops], device
+                    )
                 if not crops or crops[0].shape[0] < 2:
                     continue
                 lr = float(schedule[it])
