@@ -225,7 +225,7 @@ def bench_conv(rounds=3, reps=3) -> dict:
 
 SETUPS = {
     "resnet18": dict(
-        arch="resnet18", feat=512, crops=[(2, 64), (4, 32)], batch=64, rounds=6, reps=2
+        arch="resnet18", feat=512, crops=[(2, 64), (4, 32)], batch=64, rounds=12, reps=2
     ),
     "resnet50": dict(
         arch="resnet50", feat=2048, crops=[(2, 224), (6, 96)], batch=32, rounds=1, reps=2
@@ -323,6 +323,11 @@ def bench_step(name: str, peaks: dict) -> dict:
     ta, tb = alternate(a, b, setup["rounds"], setup["reps"])
     images = setup["batch"]
     ours_s, theirs_s = statistics.median(ta), statistics.median(tb)
+    reps = setup["reps"]  # the ratio within each round (ours then theirs, back to back)
+    per_round = [
+        statistics.median(tb[i : i + reps]) / statistics.median(ta[i : i + reps])
+        for i in range(0, len(ta), reps)
+    ]
     achieved = flops / ours_s / 1e9
     peak = peaks["bf16" if a.precision == "bf16" else "fp32"]
     return {
@@ -335,6 +340,7 @@ def bench_step(name: str, peaks: dict) -> dict:
         "ours_images_per_s": round(images / ours_s, 1),
         "lightly_images_per_s": round(images / theirs_s, 1),
         "speedup": round(theirs_s / ours_s, 2),
+        "speedup_per_round": [round(r, 2) for r in per_round],
         "flops_per_step_G": round(flops / 1e9, 1),
         "nominal_flops_per_step_G": round(nominal / 1e9, 1),
         "achieved_GFLOPs": round(achieved, 1),

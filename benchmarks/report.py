@@ -87,6 +87,12 @@ def main() -> None:
                     f"({r.get('nominal_flops_per_step_G', '?')} counted the usual way), "
                     f"{r['achieved_GFLOPs']} GFLOP/s = {r['fraction_of_peak']:.0%} of peak"
                 )
+                if r.get("speedup_per_round"):
+                    rounds = r["speedup_per_round"]
+                    notes += (
+                        f"; ratio per round {min(rounds)}x to {max(rounds)}x "
+                        f"over {len(rounds)} rounds"
+                    )
                 notes += _rss(r)
                 out.append(
                     f"| training step {r['arch']} (images/s) | {r['ours_images_per_s']} | "
