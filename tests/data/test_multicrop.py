@@ -336,5 +336,15 @@ def test_batch_on_the_configured_device_and_bad_calls():
     assert all(torch.isfinite(o).all() for o in out)
     with pytest.raises(ValueError, match="generators"):
         mc.batch([smooth_image(30, 40, 5)], [None, None])
+    with pytest.raises(ValueError, match="uint8"):
+        mc.batch([smooth_image(30, 40, 5).float() / 255])
+    with pytest.raises(ValueError, match="at least one"):
+        mc.batch([])
+    from_pil = mc.batch([image(30, 40)], [torch.Generator().manual_seed(0)])
+    from_tensor = mc.batch(
+        [torch.from_numpy(np.array(image(30, 40))).permute(2, 0, 1)],
+        [torch.Generator().manual_seed(0)],
+    )
+    assert all(torch.equal(a, b) for a, b in zip(from_pil, from_tensor))
     with pytest.raises(ValueError, match="on_device"):
         MultiCropConfig(on_device=True, backend="pil").validate()

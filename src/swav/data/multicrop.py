@@ -429,7 +429,7 @@ class MultiCrop:
     ) -> list[Tensor]:
         """Multi-crops of a whole batch of decoded images, computed batched on ``device``.
 
-        ``images`` are 3 x H x W uint8 tensors (sizes may differ; see ``to_uint8_tensor``),
+        ``images`` are 3 x H x W uint8 tensors, PIL images or arrays (sizes may differ),
         ``generators`` one per image (or None: torch's global generator). Returns
         ``sum(n_crops)`` tensors of len(images) x 3 x size x size, crop ``v`` of every image in
         the ``v``-th, as the loader's batches. The random parameters are those ``__call__`` draws
@@ -443,6 +443,15 @@ class MultiCrop:
 
         cfg = self.config
         device = torch.device(device) if device is not None else self._mean.device
+        images = [to_uint8_tensor(img) if not isinstance(img, Tensor) else img for img in images]
+        if not images:
+            raise ValueError("MultiCrop.batch needs at least one image")
+        for img in images:  # checked before any work is done on the device
+            if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(
+                    f"MultiCrop.batch takes 3 x H x W uint8 images (to_uint8_tensor makes them "
+                    f"from PIL images and arrays), got {img.dtype} of shape {tuple(img.shape)}"
+                )
         gens = list(generators) if generators is not None else [None] * len(images)
         if len(gens) != len(images):
             raise ValueError(f"got {len(images)} images but {len(gens)} generators")
