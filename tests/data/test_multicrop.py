@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from swav.data.multicrop import MultiCrop, MultiCropConfig, sample_crop_box
+from swav.data.multicrop import MultiCrop, MultiCropConfig, sample_crop_box, to_uint8_tensor
 
 
 def image(h=120, w=160):
@@ -348,3 +348,27 @@ def test_batch_on_the_configured_device_and_bad_calls():
     assert all(torch.equal(a, b) for a, b in zip(from_pil, from_tensor))
     with pytest.raises(ValueError, match="on_device"):
         MultiCropConfig(on_device=True, backend="pil").validate()
+
+
+def test_decode_only_loader_feeds_the_batched_path_across_worker_processes():
+    from swav.data.loader import Decoded, EpochSampler, MultiCropDataset, make_loader, sample_seed
+    from swav.data.sources import digits_source, load_rgb
+
+    source = digits_source("train")
+    mc = MultiCrop(n_crops=[1, 2], sizes=[16, 8], min_scale=[0.5, 0.2], max_scale=[1, 0.5])
+    sampler = EpochSampler(len(source), 4, seed=3, max_batches=2)
+    decoded = make_loader(MultiCropDataset(source, mc, decode_only=True), sampler, 4, workers=1)
+    batches = 0
+    for images, labels, indices, bad in decoded:
+        batches += 1
+        assert not bad and len(images) == 4
+        assert all(isinstance(d, Decoded) and d.image.dtype == torch.uint8 for d in images)
+        for d, i, label in zip(images, indices.tolist(), labels.tolist()):
+            item, expected_label = source[i]
+            assert label == expected_label and d.seed == sample_seed(3, 0, i)
+            assert torch.equal(d.image, to_uint8_tensor(load_rgb(item)))
+        batched = mc.batch([d.image for d in images], [d.generator() for d in images])
+        again = mc.batch([d.image for d in images], [d.generator() for d in images])
+        assert [tuple(b.shape) for b in batched] == [(4, 3, 16, 16)] + [(4, 3, 8, 8)] * 2
+        assert all(torch.equal(x, y) for x, y in zip(batched, again))
+    assert batches == 2

@@ -436,9 +436,9 @@ class MultiCrop:
         from the same generator; the work is a few batched operations per resolution group
         instead of many small ones per crop, which is what a GPU needs when the CPU cannot keep
         up with the per-image pipeline. The resize is an area-averaged bilinear resampling
-        (``roi_align`` with adaptive sampling), close to but not bit-equal with the per-image
-        antialiased resize.
-        """
+        (``roi_align`` with adaptive sampling) of the image itself, close to but not bit-equal
+        with the per-image antialiased resize of the cut-out box: near the box's edges it reads
+        the neighbouring pixels of the image instead of repeating the edge."""
         from torchvision.ops import roi_align
 
         cfg = self.config
