@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from swav.model.conv import Conv2d
+from swav.model.stem import fused_stem_applies, stem_bn_relu_pool
 
 
 class BasicBlock(nn.Module):
@@ -122,9 +123,17 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def stem(self, x: Tensor) -> Tensor:
+        """conv1, bn1, ReLU and max-pool; in CPU fp32 training the last three as one operation
+        (``swav.model.stem``: same values and gradients, no full-size intermediates)."""
+        y = self.conv1(x)
+        if fused_stem_applies(y, self.bn1, self.maxpool):
+            return stem_bn_relu_pool(y, self.bn1)
+        return self.maxpool(self.relu(self.bn1(y)))
+
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """Feature maps of the stem and of the four stages (for per-stage probes)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.stem(x)
         outs = [x]
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = layer(x)
@@ -132,7 +141,7 @@ class ResNet(nn.Module):
         return outs
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
 
