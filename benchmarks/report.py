@@ -87,7 +87,7 @@ def main() -> None:
                     f"({r.get('nominal_flops_per_step_G', '?')} counted the usual way), "
                     f"{r['achieved_GFLOPs']} GFLOP/s = {r['fraction_of_peak']:.0%} of peak"
                 )
-                if r.get("speedup_per_round"):
+                if len(r.get("speedup_per_round", [])) > 1:
                     rounds = r["speedup_per_round"]
                     notes += (
                         f"; ratio per round {min(rounds)}x to {max(rounds)}x "

@@ -8,7 +8,7 @@ horizontal flip, colour jitter, grayscale, Gaussian blur and normalisation. The 
 The image is decoded and turned into a uint8 tensor once; every crop is taken from that tensor
 and resized with antialiasing, and the photometric operations run on the small crop only, as a
 few in-place float operations per crop (each crop fits in the CPU's cache, so they cost little):
-about 2.5x the images/s of the torchvision PIL pipeline per core
+about 2.2 to 2.4x the images/s of the torchvision PIL pipeline per core
 (``benchmarks/perf.py --only multicrop``). All randomness comes from one ``torch.Generator`` when
 given (reproducible from a seed), else from torch's global generator (which DataLoader seeds per
 worker).
