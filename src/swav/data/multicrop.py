@@ -443,7 +443,7 @@ class MultiCrop:
 
         cfg = self.config
         device = torch.device(device) if device is not None else self._mean.device
-        images = [to_uint8_tensor(img) if not isinstance(img, Tensor) else img for img in images]
+        images = [to_uint8_tensor(img) for img in images]
         if not images:
             raise ValueError("MultiCrop.batch needs at least one image")
         for img in images:  # checked before any work is done on the device
@@ -463,18 +463,19 @@ class MultiCrop:
             ]
             for img, g in zip(images, gens)
         ]
-        srcs = [img.to(device, non_blocking=True) for img in images]
+        crops: list[list[Tensor]] = [[] for _ in groups]  # per group, per image
+        for img, per_image in zip(images, draws):
+            src = img.to(device, non_blocking=True)[None].float()  # one image in float at a time
+            for (_, size, _, _), (boxes, _), group_crops in zip(groups, per_image, crops):
+                rois = torch.tensor(
+                    [[left, top, left + w, top + h] for top, left, h, w in boxes],
+                    dtype=torch.float32,
+                ).to(device, non_blocking=True)
+                group_crops.append(roi_align(src, [rois], size, 1.0, -1, aligned=True))
         mean, std = self._mean.to(device), self._std.to(device)
         out: list[Tensor] = []
         for gi, (n, size, _, _) in enumerate(groups):
-            crops = []
-            for src, per_image in zip(srcs, draws):
-                boxes = torch.tensor(
-                    [[left, top, left + w, top + h] for top, left, h, w in per_image[gi][0]],
-                    dtype=torch.float32,
-                ).to(device, non_blocking=True)
-                crops.append(roi_align(src[None].float(), [boxes], size, 1.0, -1, aligned=True))
-            x = torch.cat(crops).mul_(1.0 / 255.0).clamp_(0.0, 1.0)
+            x = torch.cat(crops[gi]).mul_(1.0 / 255.0).clamp_(0.0, 1.0)
             steps = [step for per_image in draws for step in per_image[gi][1]]
             x = photometric_batch(x, steps, self._active)
             x = x.sub_(mean).div_(std).view(len(images), n, 3, size, size)

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_POOL = dict(kernel_size=3, stride=2, padding=1)
+_K, _S, _P = 3, 2, 1  # the stem's max-pool: kernel, stride, padding
+_POOL = dict(kernel_size=_K, stride=_S, padding=_P)
 
 
 def _pool_signed(y: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
@@ -89,7 +90,7 @@ class _StemPool(torch.autograd.Function):
         grad_y = None
         if ctx.needs_input_grad[0]:
             grad_y = torch.ops.aten.max_pool2d_with_indices_backward(
-                g * a.view(shape), y, [3, 3], [2, 2], [1, 1], [1, 1], False, idx
+                g * a.view(shape), y, [_K, _K], [_S, _S], [_P, _P], [1, 1], False, idx
             )
             c1 = -a * invstd * invstd * s2 / ctx.m
             c0 = -a * s1 / ctx.m - c1 * mean
@@ -112,7 +113,8 @@ def fused_stem_applies(y: Tensor, bn: nn.Module, pool: nn.Module) -> bool:
         and not bool((bn.weight == 0).any())  # a = 0: no pooled position to route through
         and isinstance(bn.momentum, float)
         and type(pool) is nn.MaxPool2d
-        and (pool.kernel_size, pool.stride, pool.padding) in ((3, 2, 1), ((3, 3), (2, 2), (1, 1)))
+        and (pool.kernel_size, pool.stride, pool.padding)
+        in ((_K, _S, _P), ((_K, _K), (_S, _S), (_P, _P)))
         and pool.dilation in (1, (1, 1))
         and not pool.ceil_mode
         and not pool.return_indices
