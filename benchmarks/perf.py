@@ -245,19 +245,21 @@ def make_crops(setup, channels_last: bool) -> list[torch.Tensor]:
 
 def our_step(setup):
     from swav.engine.optim import build_optimizer
-    from swav.engine.train import resolve_precision, swav_loss_step
+    from swav.engine.runtime import resolve_precision
     from swav.model import build_model
+    from swav.objective.swav_loss import SwAVConfig, SwAVLoss
 
     model = build_model(setup["arch"], 2048, 128, 3000).to(memory_format=torch.channels_last)
     opt = build_optimizer(model, "lars", 0.1)
     crops = make_crops(setup, True)
     dtype = resolve_precision("auto", torch.device("cpu"))
     n_crops = len(crops)
+    objective = SwAVLoss(SwAVConfig(crops_for_assign=[0, 1]), model.embedding_dim)
 
     def step():
         with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             out = model(crops)
-        loss, _ = swav_loss_step(model, out, setup["batch"], [0, 1], None)
+        loss = objective(out, model.prototypes, setup["batch"], epoch=0).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

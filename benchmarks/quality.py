@@ -20,10 +20,11 @@ import torch
 
 from swav.config import build_config
 from swav.demo import heldout_features
-from swav.engine.train import build_swav_model, pretrain
+from swav.engine.train import pretrain
 from swav.eval.clustering import cluster_metrics
 from swav.eval.knn import knn_accuracy
 from swav.eval.linear import linear_probe_features
+from swav.model.config import build_from_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -72,7 +73,7 @@ def main() -> None:
     train_s = time.time() - t
     trained = result.model.cpu().eval()
     torch.manual_seed(cfg.train.seed)
-    random_model = build_swav_model(cfg).eval()
+    random_model = build_from_config(cfg.model).eval()
     record = {
         "name": args.name,
         "command": "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

@@ -3,15 +3,25 @@
 Caron et al., "Unsupervised Learning of Visual Features by Contrasting Cluster Assignments",
 NeurIPS 2020. The library follows the paper's data flow:
 data (multi-crop) -> model (backbone, projection head, prototypes) -> objective (queue, Sinkhorn
-codes, swapped prediction) -> engine (training) -> eval -> interop.
+codes, swapped prediction) -> engine (training) -> interop / eval -> report -> cli.
 """
 
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
 from swav.data.multicrop import MultiCrop, MultiCropConfig
+from swav.errors import SwAVError
 from swav.model import MultiPrototypes, Prototypes, SwAV, build_backbone, build_model
-from swav.objective import FeatureQueue, sinkhorn, swapped_prediction_loss
+from swav.objective import FeatureQueue, SwAVLoss, sinkhorn, swapped_prediction_loss
 
 
-def load_checkpoint(path_or_name, ignore=(), download=False, map_location="cpu"):
+def load_checkpoint(
+    path_or_name: str | Path,
+    ignore: Iterable[str] = (),
+    download: bool = False,
+    map_location: str = "cpu",
+) -> Any:
     """Load any known checkpoint layout (see ``swav.interop.checkpoints.load_checkpoint``)."""
     from swav.interop.checkpoints import load_checkpoint as _load
 
@@ -24,6 +34,7 @@ __all__ = [
     "sinkhorn",
     "swapped_prediction_loss",
     "FeatureQueue",
+    "SwAVLoss",
     "Prototypes",
     "MultiPrototypes",
     "SwAV",
@@ -31,5 +42,6 @@ __all__ = [
     "build_backbone",
     "MultiCrop",
     "MultiCropConfig",
+    "SwAVError",
     "load_checkpoint",
 ]

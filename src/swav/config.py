@@ -19,71 +19,13 @@ from typing import Any
 
 import yaml
 
-from swav.data.multicrop import MultiCropConfig
+from swav.data.multicrop_config import MultiCropConfig
+from swav.data.sources import DataConfig
+from swav.errors import ConfigError
+from swav.model.config import ModelConfig
+from swav.objective.swav_loss import SwAVConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
-
-
-@dataclass
-class DataConfig:
-    source: str = "digits"
-    """Images to train on: a folder (ImageFolder tree or any-depth folder of images), a .tar /
-    .tar.gz archive, 'digits' (scikit-learn's bundled handwritten digits, offline), or
-    'cifar10' / 'cifar100' / 'stl10' (torchvision; downloads only with data.download=true)."""
-    split: str = "train"
-    """Sub-folder of a folder or archive to read (e.g. 'train'); '' reads everything."""
-    eval_split: str = "test"
-    """Held-out split for evaluation after training (e.g. 'test', 'val')."""
-    root: str = "~/.cache/swav/datasets"
-    """Where torchvision datasets are stored (and downloaded to, if asked)."""
-    download: bool = False
-    """Allow torchvision datasets to download. Never needed for folders, archives or 'digits'."""
-    limit: int = 0
-    """Use only the first N images of a fixed random permutation (0: all)."""
-    workers: int = 2
-    """DataLoader worker processes (0: load in the main process)."""
-
-
-@dataclass
-class ModelConfig:
-    arch: str = "resnet50"
-    """Backbone: resnet18/34/50/101/152, resnet50w2/w4/w5 (the paper's wide ResNets),
-    resnet18_half / resnet_tiny (narrow ResNets for small data), or timm:<name>."""
-    small_stem: bool = False
-    """3x3 stride-1 first conv and no max-pool: use it for 32-64 px images (CIFAR, digits)."""
-    hidden_mlp: int = 2048
-    """Hidden width of the projection head; 0 gives a single linear layer."""
-    output_dim: int = 128
-    """Embedding (feature) dimension of the prototypes; 0 means no projection head."""
-    n_prototypes: list[int] = field(default_factory=lambda: [3000])
-    """K per prototype head. The paper uses 3000 on ImageNet and finds K matters little as long
-    as it is well above the number of classes; use ~10x the expected classes on small data."""
-
-
-@dataclass
-class SwAVConfig:
-    epsilon: float = 0.05
-    """Sinkhorn entropy regularisation. The paper's 0.05 is a good default; a larger value makes
-    codes uniform (the loss then sticks at ln K), smaller values give harder assignments and
-    need fp32 (which is always used here)."""
-    sinkhorn_iterations: int = 3
-    """Sinkhorn-Knopp iterations; 3 suffices."""
-    temperature: float = 0.1
-    """Softmax temperature tau of the swapped prediction."""
-    crops_for_assign: list[int] = field(default_factory=lambda: [0, 1])
-    """Crops whose codes are targets: the large crops (codes from small crops hurt)."""
-    queue_length: int = 0
-    """Global number of past embeddings per assigned crop (0: no queue). Needed when the batch is
-    small compared with K (batch < ~K/2); the paper uses 3840 at batch 256. Must be a multiple of
-    the global batch size."""
-    epoch_queue_starts: int = 15
-    """Epoch at which the queue starts filling: early embeddings change too fast to be useful,
-    and a queue started too early can make training unstable."""
-    freeze_prototypes_niters: int = 313
-    """Iterations during which the prototypes do not move (their gradients are dropped). It
-    helps the first steps, when the assignments are random; raise it if the loss sticks at ln K."""
-    global_sinkhorn: bool = True
-    """In distributed training, equipartition over the global batch (all ranks)."""
 
 
 @dataclass
@@ -168,15 +110,19 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class ConfigError(ValueError):
-    """A configuration value or key that cannot be used; the message says what to change."""
-
-
 SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
 
 
 def presets() -> list[str]:
+    """The names of the bundled presets."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_summary(name: str) -> str:
+    """The first comment line of a bundled preset (what it reproduces); the preset is parsed."""
+    load_preset(name)
+    lines = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()
+    return lines[0].lstrip("# ") if lines and lines[0].startswith("#") else ""
 
 
 def _field_types(obj) -> dict[str, Any]:
@@ -351,10 +297,7 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
     _check(s.sinkhorn_iterations >= 1, "swav.sinkhorn_iterations", "must be >= 1")
     _check(s.freeze_prototypes_niters >= 0, "swav.freeze_prototypes_niters", "must be >= 0")
     _check(s.epoch_queue_starts >= 0, "swav.epoch_queue_starts", "must be >= 0")
-    try:
-        cfg.multicrop.validate()
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    cfg.multicrop.validate()
     n_crops = cfg.multicrop.total_crops
     _check(n_crops >= 2, "multicrop.n_crops", f"need at least 2 crops in all, got {n_crops}")
     _check(

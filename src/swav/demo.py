@@ -10,41 +10,39 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from swav.config import Config, build_config
-from swav.data.sources import limit_source, open_source
+from swav.data.sources import heldout_source, training_source
+from swav.data.transforms import EvalTransform
+from swav.engine.run_dir import RunDir
+from swav.engine.train import pretrain
 from swav.eval.clustering import cluster_metrics
-from swav.eval.features import EvalTransform, extract_features
 from swav.eval.knn import knn_accuracy
+from swav.model.config import build_from_config
+from swav.model.features import Features, extract_features
 
 log = logging.getLogger(__name__)
 
 
-def eval_transform_for(cfg: Config) -> EvalTransform:
-    size = cfg.multicrop.sizes[0]
-    small = size <= 64
-    return EvalTransform(
-        size, cfg.multicrop.mean, cfg.multicrop.std, crop_fraction=1.0 if small else 0.875
-    )
-
-
-def heldout_features(model, cfg: Config, eval_limit: int = 0):
-    """Features of the configured training split and held-out split (``Features`` pair)."""
-    d = cfg.data
+def heldout_features(
+    model: nn.Module, cfg: Config, eval_limit: int = 0
+) -> tuple[Features, Features]:
+    """Features of the configured training split and of the held-out split."""
     seed = cfg.train.seed
-    train = limit_source(open_source(d.source, d.split, d.root, d.download, seed), d.limit, seed)
-    test = limit_source(
-        open_source(d.source, d.eval_split, d.root, d.download, seed), eval_limit, seed
-    )
-    tf = eval_transform_for(cfg)
+    train = training_source(cfg.data, seed)
+    test = heldout_source(cfg.data, seed, eval_limit)
+    mc = cfg.multicrop
+    tf = EvalTransform.for_size(mc.sizes[0], mc.mean, mc.std)
     return extract_features(model, train, tf).valid(), extract_features(model, test, tf).valid()
 
 
-def evaluate_model(model, cfg: Config, ks=(10, 20), eval_limit: int = 0) -> dict[str, Any]:
+def evaluate_model(
+    model: nn.Module, cfg: Config, ks: tuple[int, ...] = (10, 20), eval_limit: int = 0
+) -> dict[str, Any]:
     """kNN (train split -> eval split) and prototype clustering on the eval split."""
     ftr, fte = heldout_features(model, cfg, eval_limit)
     knn = knn_accuracy(ftr.features, ftr.labels, fte.features, fte.labels, ks)
@@ -60,41 +58,24 @@ def evaluate_model(model, cfg: Config, ks=(10, 20), eval_limit: int = 0) -> dict
 def run_demo(
     run_dir: str = "runs/demo", overrides: list[str] | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    from swav.engine.train import build_swav_model, pretrain
-
+    """Pretrain with the ``demo`` preset, evaluate next to random init; the report dict (also
+    written to ``RUN_DIR/demo_results.json``)."""
     cfg = build_config("demo", [f"run_dir={run_dir}", *(overrides or [])])
     t0 = time.time()
     result = pretrain(cfg, progress=progress)
     train_s = time.time() - t0
+    assert result.model is not None
     trained = result.model.cpu().eval()
     torch.manual_seed(cfg.train.seed)
-    random_model = build_swav_model(cfg).eval()
+    random_model = build_from_config(cfg.model).eval()
+    run = RunDir.of(cfg.run_dir)
     report = {
         "trained": evaluate_model(trained, cfg),
         "random": evaluate_model(random_model, cfg),
         "train_seconds": round(train_s, 1),
         "epochs": result.epochs_done,
         "final_loss": result.last_loss,
-        "run_dir": str(Path(cfg.run_dir).resolve()),
+        "run_dir": str(run.path.resolve()),
     }
-    (Path(cfg.run_dir) / "demo_results.json").write_text(json.dumps(report, indent=2))
+    run.demo_results.write_text(json.dumps(report, indent=2))
     return report
-
-
-def format_report(report: dict[str, Any]) -> str:
-    rows = [
-        ("kNN top-1, k=10 (%)", "knn_top1_k10", "{:.1f}"),
-        ("kNN top-1, k=20 (%)", "knn_top1_k20", "{:.1f}"),
-        ("prototype clusters: NMI", "nmi", "{:.3f}"),
-        ("prototype clusters: ARI", "ari", "{:.3f}"),
-        ("prototype clusters: Hungarian acc. (%)", "hungarian_acc", "{:.1f}"),
-        ("prototypes in use", "prototypes_used", "{}"),
-    ]
-    tr, rd = report["trained"], report["random"]
-    w = max(len(r[0]) for r in rows)
-    title = f"held-out digits ({tr['n_test']} images)"
-    lines = [f"{title:<{w}}  {'SwAV':>8}  {'random init':>11}"]
-    for name, key, fmt in rows:
-        if key in tr:
-            lines.append(f"{name:<{w}}  {fmt.format(tr[key]):>8}  {fmt.format(rd[key]):>11}")
-    return "\n".join(lines)

@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from swav.data.multicrop import MultiCrop, MultiCropConfig, sample_crop_box, to_uint8_tensor
+from swav.data.multicrop import MultiCrop, MultiCropConfig, sample_crop_box
+from swav.data.transforms import to_uint8_tensor
 
 
 def image(h=120, w=160):
@@ -109,7 +110,7 @@ def test_invalid_config():
 def test_batched_hue_equals_torchvision():
     from torchvision.transforms.v2 import functional as TF
 
-    from swav.data.multicrop import adjust_hue
+    from swav.data.photometric import adjust_hue
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(5, 3, 17, 19, generator=g)
@@ -123,7 +124,7 @@ def test_batched_hue_equals_torchvision():
 def test_blur_equals_torchvision_gaussian_blur(sigma):
     from torchvision.transforms.v2 import functional as TF
 
-    from swav.data.multicrop import gaussian_blur
+    from swav.data.photometric import gaussian_blur
 
     x = torch.rand(3, 30, 33, generator=torch.Generator().manual_seed(1))
     radius = max(1, int(np.ceil(3 * sigma)))
@@ -132,7 +133,7 @@ def test_blur_equals_torchvision_gaussian_blur(sigma):
 
 
 def test_blur_of_a_map_smaller_than_the_kernel_uses_the_cut_kernel():
-    from swav.data.multicrop import gaussian_blur
+    from swav.data.photometric import gaussian_blur
 
     x = torch.rand(3, 4, 9, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     sigma = 2.0  # radius 6: cut to 3 along the height (4 rows), to 6 along the width
@@ -152,7 +153,7 @@ def test_blur_of_a_map_smaller_than_the_kernel_uses_the_cut_kernel():
 def test_each_jitter_operation_equals_torchvision(op):
     from torchvision.transforms.v2 import functional as TF
 
-    from swav.data.multicrop import color_jitter
+    from swav.data.photometric import color_jitter
 
     x = torch.rand(3, 21, 18, generator=torch.Generator().manual_seed(op))
     for f in [0.3, 1.7] if op < 3 else [-0.4, 0.25]:
@@ -263,7 +264,7 @@ def smooth_image(h, w, seed):
 
 
 def test_batched_photometric_equals_per_crop_operations():
-    from swav.data.multicrop import photometric_batch
+    from swav.data.photometric import photometric_batch
 
     mc = MultiCrop(blur_prob=0.6, grayscale_prob=0.3)
     g = torch.Generator().manual_seed(0)
@@ -284,7 +285,7 @@ def test_batched_photometric_equals_per_crop_operations():
 
 @pytest.mark.parametrize("size", [(3, 7), (20, 20)])
 def test_batched_blur_equals_per_image_blur(size):
-    from swav.data.multicrop import gaussian_blur, gaussian_blur_batch
+    from swav.data.photometric import gaussian_blur, gaussian_blur_batch
 
     x = torch.rand(5, 3, *size, generator=torch.Generator().manual_seed(1))
     sigmas = [0.1, 0.5, 1.0, 2.0, 1.5]  # radii 1 to 6, cut to the map where it is smaller

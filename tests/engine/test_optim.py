@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from swav.engine.optim import LARS, build_optimizer, lr_schedule
-from swav.engine.train import freeze_prototypes, swav_loss_step
 from swav.model import build_model
+from swav.objective.swav_loss import SwAVConfig, SwAVLoss
 
 
 def test_lars_step_matches_formula():
@@ -71,13 +71,14 @@ def test_prototypes_frozen_for_n_steps_then_move():
     head0 = model.projection_head[0].weight.detach().clone()
     conv0 = model.backbone.conv1.weight.detach().clone()
     n_frozen = 3
+    objective = SwAVLoss(SwAVConfig(freeze_prototypes_niters=n_frozen), model.embedding_dim)
     crops = [torch.randn(8, 3, 16, 16) for _ in range(2)] + [torch.randn(8, 3, 8, 8)]
     for it in range(n_frozen + 1):
         out = model(crops)
-        loss, _ = swav_loss_step(model, out, 8, [0, 1], None)
+        loss = objective(out, model.prototypes, 8, epoch=0).loss
         opt.zero_grad()
         loss.backward()
-        frozen = freeze_prototypes(model, it, n_frozen)
+        frozen = objective.freeze_prototypes(model.prototypes, it)
         assert frozen == (it < n_frozen)
         opt.step()
         if it == 0:

@@ -10,7 +10,8 @@ import torch
 
 from swav.config import ConfigError, build_config
 from swav.engine.checkpoint import safe_load
-from swav.engine.metrics import NonFiniteLossError, read_metrics
+from swav.engine.health import NonFiniteLossError
+from swav.engine.run_dir import read_metrics
 from swav.engine.train import ConfigMismatchError, pretrain
 from tests.conftest import tiny_overrides
 
@@ -73,14 +74,14 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     cfg = build_config(None, tiny_overrides(run, **{"train.epochs": 1}))
     pretrain(cfg, progress=False)
     before = (run / "checkpoint.pt").read_bytes()
-    import swav.engine.train as train
+    import swav.objective.swav_loss as objective
 
-    real = train.swapped_prediction_loss
+    real = objective.swapped_prediction_loss
 
     def poisoned(*a, **k):
         return real(*a, **k) * float("nan")
 
-    monkeypatch.setattr(train, "swapped_prediction_loss", poisoned)
+    monkeypatch.setattr(objective, "swapped_prediction_loss", poisoned)
     cfg2 = build_config(None, tiny_overrides(run, **{"train.epochs": 3}))
     with pytest.raises(NonFiniteLossError, match="last good checkpoint"):
         pretrain(cfg2, progress=False)
@@ -171,13 +172,13 @@ def test_sigkill_during_checkpointing_resumes_from_last_complete(tmp_path):
     assert epochs[-2:] == [done + 1, done + 2]
 
 
-def test_interrupt_signal_saves_mid_epoch(tmp_path):
+def test_interrupt_signal_saves_mid_epoch(tmp_path, monkeypatch):
     # SIGTERM asks for a checkpoint at the end of the current iteration
     run = tmp_path / "term"
     cfg = build_config(None, tiny_overrides(run, **{"train.iters_per_epoch": 4, "train.epochs": 1}))
-    import swav.engine.train as train
+    from swav.objective.swav_loss import SwAVLoss
 
-    real = train.freeze_prototypes
+    real = SwAVLoss.freeze_prototypes
     calls = {"n": 0}
 
     def signalling(*a, **k):
@@ -186,11 +187,9 @@ def test_interrupt_signal_saves_mid_epoch(tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*a, **k)
 
-    train.freeze_prototypes = signalling
-    try:
-        r = pretrain(cfg, progress=False)
-    finally:
-        train.freeze_prototypes = real
+    monkeypatch.setattr(SwAVLoss, "freeze_prototypes", signalling)
+    r = pretrain(cfg, progress=False)
+    monkeypatch.undo()
     assert r.interrupted
     state = safe_load(run / "checkpoint.pt")
     assert state["epoch"] == 0 and state["next_batch"] == 2

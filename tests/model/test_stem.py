@@ -101,8 +101,12 @@ def test_resnet_training_step_equal_with_and_without_the_fused_stem(monkeypatch)
     monkeypatch.setattr(backbones, "fused_stem_applies", lambda *a: False)
     grads, buffers = step()
     # float32 rounding of BN(y) can turn two nearly equal values of y into a tie (or reorder
-    # them), so a pooled gradient may land on the neighbouring pixel: compare whole tensors
+    # them), so a pooled gradient may land on the neighbouring pixel: compare whole tensors.
+    # Gradients that are nearly zero (norm ~1e-6) are sums of much larger terms that cancel,
+    # so their float32 rounding depends on the kernels' summation order (AVX2 vs AMX): the
+    # absolute floor is relative to the largest gradient.
+    floor = 1e-5 * max(float(b.norm()) for b in grads)
     for a, b in itertools.zip_longest(fused_grads, grads):
-        assert (a - b).norm() <= 1e-3 * b.norm() + 1e-6
+        assert (a - b).norm() <= 1e-3 * b.norm() + floor
     for a, b in itertools.zip_longest(fused_buffers, buffers):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -42,7 +42,7 @@ def test_batch_larger_than_queue_is_refused():
 
 
 def test_usage_warning_when_queue_concentrates_codes(caplog):
-    from swav.engine.metrics import CollapseMonitor
+    from swav.engine.health import CollapseMonitor
 
     m = CollapseMonitor([100], patience=10, start_iteration=0)
     assert not m.check_usage(2, 64, 100, queue_active=False)
@@ -56,7 +56,7 @@ def test_usage_warning_when_queue_concentrates_codes(caplog):
 def test_collapse_warning_after_patience(caplog):
     import math
 
-    from swav.engine.metrics import CollapseMonitor
+    from swav.engine.health import CollapseMonitor
 
     m = CollapseMonitor([50], patience=5, start_iteration=3)
     ln_k = math.log(50)

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from swav.data.multicrop import MultiCrop, to_uint8_tensor
+from swav.data.multicrop import MultiCrop
 from swav.data.sources import ImageSource, load_rgb
+from swav.data.transforms import to_uint8_tensor
 
 log = logging.getLogger(__name__)
 

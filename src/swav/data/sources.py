@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 
+from swav.errors import SwAVError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (
@@ -38,7 +40,27 @@ IMAGE_EXTENSIONS = (
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, counted and skipped
 
 
-class DataError(ValueError):
+@dataclass
+class DataConfig:
+    source: str = "digits"
+    """Images to train on: a folder (ImageFolder tree or any-depth folder of images), a .tar /
+    .tar.gz archive, 'digits' (scikit-learn's bundled handwritten digits, offline), or
+    'cifar10' / 'cifar100' / 'stl10' (torchvision; downloads only with data.download=true)."""
+    split: str = "train"
+    """Sub-folder of a folder or archive to read (e.g. 'train'); '' reads everything."""
+    eval_split: str = "test"
+    """Held-out split for evaluation after training (e.g. 'test', 'val')."""
+    root: str = "~/.cache/swav/datasets"
+    """Where torchvision datasets are stored (and downloaded to, if asked)."""
+    download: bool = False
+    """Allow torchvision datasets to download. Never needed for folders, archives or 'digits'."""
+    limit: int = 0
+    """Use only the first N images of a fixed random permutation (0: all)."""
+    workers: int = 2
+    """DataLoader worker processes (0: load in the main process)."""
+
+
+class DataError(SwAVError, ValueError):
     """The data cannot be used as given; the message names the path and what to change."""
 
 
@@ -276,3 +298,15 @@ def limit_source(src: ImageSource, limit: int, seed: int = 0) -> ImageSource:
         return src
     g = torch.Generator().manual_seed(seed)
     return src.subset(sorted(torch.randperm(len(src), generator=g)[:limit].tolist()))
+
+
+def training_source(cfg: DataConfig, seed: int = 0) -> ImageSource:
+    """The images a run trains on: ``cfg.source`` / ``cfg.split``, limited to ``cfg.limit``."""
+    src = open_source(cfg.source, cfg.split, cfg.root, cfg.download, seed)
+    return limit_source(src, cfg.limit, seed)
+
+
+def heldout_source(cfg: DataConfig, seed: int = 0, limit: int = 0) -> ImageSource:
+    """The held-out split of the training data (``cfg.eval_split``), for evaluation."""
+    src = open_source(cfg.source, cfg.eval_split, cfg.root, cfg.download, seed)
+    return limit_source(src, limit, seed)

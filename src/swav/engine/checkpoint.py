@@ -15,8 +15,11 @@ from typing import Any
 
 import torch
 
+from swav.errors import SwAVError
+
 
 def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` that leaves either the old file or the complete new one (see above)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -72,5 +75,5 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any
         ) from e
 
 
-class UnsafeCheckpointError(RuntimeError):
+class UnsafeCheckpointError(SwAVError, RuntimeError):
     """The file would need arbitrary code to unpickle."""

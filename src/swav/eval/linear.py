@@ -15,11 +15,18 @@ reported. Model selection, when wanted, uses a validation split carved from the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from swav.data.sources import ImageSource
+from swav.data.transforms import EvalTransform, TrainTransform
+from swav.model.features import ImageDataset, image_loader
 
 
 @dataclass
@@ -30,11 +37,12 @@ class LinearResult:
     epochs: int
     train_top1: float
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def _init_linear(dim: int, n_classes: int, seed: int) -> nn.Linear:
+def init_linear(dim: int, n_classes: int, seed: int) -> nn.Linear:
+    """A linear classifier initialised N(0, 0.01), bias 0 (the reference protocol)."""
     g = torch.Generator().manual_seed(seed)
     lin = nn.Linear(dim, n_classes)
     with torch.no_grad():
@@ -43,7 +51,8 @@ def _init_linear(dim: int, n_classes: int, seed: int) -> nn.Linear:
     return lin
 
 
-def _accuracy(logits: Tensor, y: Tensor) -> tuple[float, float]:
+def accuracy(logits: Tensor, y: Tensor) -> tuple[float, float]:
+    """(top-1, top-5) accuracy in %."""
     k = min(5, logits.shape[1])
     top = logits.topk(k, dim=1).indices
     y = y.view(-1, 1)
@@ -92,7 +101,7 @@ def linear_probe_features(
         if val is not None:
             val = ((val[0] - mean) / std, val[1])
     n_classes = int(max(int(train_y.max()), int(test_y.max())) + 1)
-    head = _init_linear(train_x.shape[1], n_classes, seed)
+    head = init_linear(train_x.shape[1], n_classes, seed)
     lr = 0.3 * batch_size / 256 if lr is None else lr
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_y) / batch_size))
@@ -108,62 +117,55 @@ def linear_probe_features(
             opt.step()
             sched.step()
     with torch.no_grad():
-        top1, top5 = _accuracy(head(test_x), test_y)
-        train_top1 = _accuracy(head(train_x), train_y)[0]
-        val_top1 = _accuracy(head(val[0]), val[1])[0] if val is not None else None
+        top1, top5 = accuracy(head(test_x), test_y)
+        train_top1 = accuracy(head(train_x), train_y)[0]
+        val_top1 = accuracy(head(val[0]), val[1])[0] if val is not None else None
     return LinearResult(top1, top5, val_top1, epochs, train_top1)
 
 
 def linear_eval(
     model: nn.Module,
-    train_source,
-    test_source,
-    size: int,
-    mean,
-    std,
+    train_source: ImageSource,
+    test_source: ImageSource,
+    transform: EvalTransform,
     epochs: int = 100,
     batch_size: int = 256,
     lr: float | None = None,
     weight_decay: float = 1e-6,
-    crop_fraction: float = 0.875,
     device: str = "cpu",
     workers: int = 0,
     seed: int = 0,
     progress: bool = False,
 ) -> LinearResult:
-    """The reference protocol with augmentation, on a frozen backbone in eval mode."""
-    from torch.utils.data import DataLoader
-
-    from swav.eval.features import EvalTransform, TrainTransform, _Images
-
+    """The reference protocol with augmentation, on a frozen backbone in eval mode: trained on
+    ``TrainTransform`` crops at the size of ``transform``, tested through ``transform``."""
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    trunk = model.forward_backbone if hasattr(model, "forward_backbone") else model
-    labels = torch.tensor(train_source.labels)
-    n_classes = int(max(labels.max(), max(test_source.labels)) + 1)
+    trunk: Any = model.forward_backbone if hasattr(model, "forward_backbone") else model
+    size = transform.size
     with torch.no_grad():
         dim = trunk(torch.zeros(2, 3, size, size, device=device)).shape[1]
-    head = _init_linear(dim, n_classes, seed).to(device)
+    head = init_linear(dim, n_classes(train_source, test_source), seed).to(device)
     lr = 0.3 * batch_size / 256 if lr is None else lr
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     g = torch.Generator().manual_seed(seed)
     loader = DataLoader(
-        _Images(train_source, TrainTransform(size, mean, std)),
+        ImageDataset(train_source, TrainTransform(transform), size),
         batch_size=batch_size,
         shuffle=True,
         generator=g,
         num_workers=workers,
         drop_last=False,
     )
-    it = range(epochs)
+    epoch_iter: Any = range(epochs)
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc="linear", unit="epoch")
+        epoch_iter = tqdm(epoch_iter, desc="linear", unit="epoch")
     torch.manual_seed(seed)
-    for _ in it:
+    for _ in epoch_iter:
         for x, y, _, ok in loader:
             x, y = x[ok].to(device), y[ok].to(device)
             with torch.no_grad():
@@ -173,11 +175,27 @@ def linear_eval(
             loss.backward()
             opt.step()
         sched.step()
-    test_tf = EvalTransform(size, mean, std, crop_fraction)
-    logits, ys = [], []
-    with torch.no_grad():
-        for x, y, _, ok in DataLoader(_Images(test_source, test_tf), batch_size=batch_size):
-            logits.append(head(trunk(x[ok].to(device))).cpu())
-            ys.append(y[ok])
-    top1, top5 = _accuracy(torch.cat(logits), torch.cat(ys))
+    top1, top5 = test_accuracy(lambda x: head(trunk(x)), test_source, transform, batch_size, device)
     return LinearResult(top1, top5, None, epochs, float("nan"))
+
+
+def n_classes(train_source: ImageSource, test_source: ImageSource) -> int:
+    """Classes of a labelled train/test pair (from the largest label of either)."""
+    return int(max(max(train_source.labels), max(test_source.labels)) + 1)
+
+
+@torch.no_grad()
+def test_accuracy(
+    classify: Callable[[Tensor], Tensor],
+    source: ImageSource,
+    transform: EvalTransform,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> tuple[float, float]:
+    """(top-1, top-5) % of ``classify`` (images -> logits) on the readable images of
+    ``source`` through ``transform``."""
+    logits, ys = [], []
+    for x, y, _, ok in image_loader(source, transform, transform.size, batch_size):
+        logits.append(classify(x[ok].to(device)).cpu())
+        ys.append(y[ok])
+    return accuracy(torch.cat(logits), torch.cat(ys))

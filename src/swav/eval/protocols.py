@@ -1,384 +1,285 @@
-"""The evaluation protocols as library calls: each loads a checkpoint and labelled data, runs one
-protocol and returns (and optionally writes) a JSON-able result with the checkpoint, data,
-protocol settings and seed. The ``swav eval`` commands are thin wrappers around these."""
+"""The evaluation protocols, in a registry: each takes an ``EvalRequest`` and its own settings,
+and gives a JSON-able record with the checkpoint, data, settings, seed and results (written to
+``request.out`` when set). ``swav eval <protocol>`` is built from this registry."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from swav.data.multicrop import IMAGENET_MEAN, IMAGENET_STD
-from swav.data.sources import ImageSource, open_source
+from swav.errors import UsageError
 from swav.eval.clustering import cluster_metrics
-from swav.eval.features import EvalTransform, extract_features, extract_stage_features
 from swav.eval.knn import knn_accuracy
 from swav.eval.linear import linear_eval, linear_probe_features
 from swav.eval.lowshot import DEFAULT_SHOTS, lowshot_svm
+from swav.eval.request import EvalRequest, resolve_request
 from swav.eval.semisup import balanced_subset, finetune, subset_from_file
-from swav.interop.checkpoints import LoadedModel, load_checkpoint
+from swav.interop.checkpoints import CheckpointError
+from swav.model.features import extract_stage_features
+
+
+def _opt(default: Any, help: str) -> Any:
+    """A protocol setting: its default and its help text (the CLI's option)."""
+    if isinstance(default, list | tuple):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
-class EvalData:
-    train: ImageSource
-    test: ImageSource
-    transform: EvalTransform
-    description: dict[str, Any]
+class KnnSettings:
+    k: list[int] = _opt([10, 20, 100, 200], "neighbours")
+    temperature: float = _opt(0.07, "vote temperature")
 
 
-def prepare(
-    checkpoint: str,
-    data: str | None,
-    train_split: str | None,
-    test_split: str | None,
-    size: int | None,
-    limit: int = 0,
-    download: bool = False,
-    seed: int = 0,
-    ignore=(),
-) -> tuple[LoadedModel, EvalData]:
-    """Load the checkpoint and the labelled data; image size and normalisation default to the
-    pretraining configuration when the checkpoint carries one (else 224 px, ImageNet stats)."""
-    loaded = load_checkpoint(checkpoint, ignore=ignore, download=download)
-    cfg = loaded.meta.get("config") or {}
-    mc = cfg.get("multicrop", {})
-    dcfg = cfg.get("data", {})
-    data = data or dcfg.get("source")
-    if not data:
-        raise ValueError("no data given: pass --data (a labelled folder, archive or dataset)")
-    train_split = train_split if train_split is not None else dcfg.get("split", "train")
-    test_split = test_split if test_split is not None else dcfg.get("eval_split", "val")
-    size = size or (mc.get("sizes") or [224])[0]
-    mean = mc.get("mean", list(IMAGENET_MEAN))
-    std = mc.get("std", list(IMAGENET_STD))
-    root = dcfg.get("root", "~/.cache/swav/datasets")
-    from swav.data.sources import limit_source
-
-    train = limit_source(open_source(data, train_split, root, download, seed), limit, seed)
-    test = limit_source(open_source(data, test_split, root, download, seed), limit, seed)
-    for name, src in (("training", train), ("test", test)):
-        if not src.labelled:
-            raise ValueError(f"the {name} split of {data} has no labels (class folders)")
-    tf = EvalTransform(size, mean, std, crop_fraction=1.0 if size <= 64 else 0.875)
-    desc = {
-        "data": data,
-        "train_split": train_split,
-        "test_split": test_split,
-        "n_train": len(train),
-        "n_test": len(test),
-        "size": size,
-        "classes": len(train.classes),
-    }
-    return loaded, EvalData(train, test, tf, desc)
+@dataclass
+class LinearSettings:
+    epochs: int = _opt(100, "epochs")
+    lr: float | None = _opt(None, "learning rate (default: 0.3 x batch / 256)")
+    weight_decay: float = _opt(1e-6, "weight decay")
+    fast: bool = _opt(False, "train on cached features without augmentation")
+    stages: bool = _opt(False, "per-stage probes: stem and stages 1-4 (fast mode)")
+    val_fraction: float = _opt(0.0, "validation split carved from the training set")
 
 
-def _features(
-    loaded: LoadedModel,
-    d: EvalData,
-    cache_dir: str | None,
-    batch_size: int,
-    workers: int,
-    progress: bool,
-):
-    key = None
-    if cache_dir:
-        src = Path(loaded.meta["source"])
-        st = src.stat()
-        key = f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    ftr = extract_features(
-        loaded.model,
-        d.train,
-        d.transform,
-        batch_size,
-        workers,
-        progress=progress,
-        cache_dir=cache_dir,
-        cache_key=key,
-    ).valid()
-    fte = extract_features(
-        loaded.model,
-        d.test,
-        d.transform,
-        batch_size,
-        workers,
-        progress=progress,
-        cache_dir=cache_dir,
-        cache_key=key,
-    ).valid()
-    return ftr, fte
-
-
-def _finish(
-    protocol: str,
-    loaded: LoadedModel,
-    d: EvalData,
-    settings: dict,
-    results: dict,
-    seed: int,
-    started: float,
-    out: str | Path | None,
-) -> dict[str, Any]:
-    record = {
-        "protocol": protocol,
-        "checkpoint": loaded.meta["source"],
-        "layout": loaded.layout,
-        "arch": loaded.arch,
-        **d.description,
-        "settings": settings,
-        "seed": seed,
-        "seconds": round(time.time() - started, 1),
-        "results": results,
-    }
-    if out:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2))
-    return record
-
-
-def run_knn(
-    checkpoint,
-    ignore=(),
-    data=None,
-    train_split=None,
-    test_split=None,
-    size=None,
-    ks=(10, 20, 100, 200),
-    temperature=0.07,
-    limit=0,
-    seed=0,
-    out=None,
-    cache_dir=None,
-    batch_size=256,
-    workers=0,
-    progress=False,
-) -> dict[str, Any]:
-    t = time.time()
-    loaded, d = prepare(
-        checkpoint, data, train_split, test_split, size, limit, seed=seed, ignore=ignore
+@dataclass
+class SemisupSettings:
+    fraction: float = _opt(0.1, "labelled fraction")
+    subset_file: str | None = _opt(
+        None, "file listing the labelled images (default: a class-balanced draw)"
     )
-    ftr, fte = _features(loaded, d, cache_dir, batch_size, workers, progress)
-    res = knn_accuracy(ftr.features, ftr.labels, fte.features, fte.labels, ks, temperature)
-    return _finish(
-        "knn",
-        loaded,
-        d,
-        {"ks": list(ks), "temperature": temperature},
-        {f"k={k}": v for k, v in res.items()},
-        seed,
-        t,
-        out,
+    epochs: int = _opt(20, "epochs")
+    trunk_lr: float | None = _opt(
+        None, "trunk learning rate (default: 0.02 for 1 percent of the labels, else 0.01)"
+    )
+    head_lr: float | None = _opt(
+        None, "head learning rate (default: 5.0 for 1 percent of the labels, else 0.2)"
     )
 
 
-def run_cluster(
-    checkpoint,
-    ignore=(),
-    data=None,
-    train_split=None,
-    test_split=None,
-    size=None,
-    limit=0,
-    seed=0,
-    out=None,
-    batch_size=256,
-    workers=0,
-    progress=False,
-) -> dict[str, Any]:
-    t = time.time()
-    loaded, d = prepare(
-        checkpoint, data, train_split, test_split, size, limit, seed=seed, ignore=ignore
-    )
-    if loaded.model.prototypes is None:
-        raise ValueError("this checkpoint has no prototypes: clustering needs a SwAV model")
-    f = extract_features(
-        loaded.model, d.test, d.transform, batch_size, workers, progress=progress
-    ).valid()
-    res = cluster_metrics(f.labels.numpy(), f.scores.argmax(1).numpy(), f.scores.shape[1])
-    return _finish(
-        "cluster", loaded, d, {"assignment": "argmax prototype, first head"}, res, seed, t, out
-    )
+@dataclass
+class LowshotSettings:
+    shots: list[int] = _opt(list(DEFAULT_SHOTS), "examples per class")
+    draws: int = _opt(5, "random draws per k")
 
 
-def run_linear(
-    checkpoint,
-    ignore=(),
-    data=None,
-    train_split=None,
-    test_split=None,
-    size=None,
-    epochs=100,
-    batch_size=256,
-    lr=None,
-    weight_decay=1e-6,
-    fast=False,
-    stages=False,
-    val_fraction=0.0,
-    limit=0,
-    seed=0,
-    out=None,
-    cache_dir=None,
-    workers=0,
-    progress=False,
-) -> dict[str, Any]:
-    t = time.time()
-    loaded, d = prepare(
-        checkpoint, data, train_split, test_split, size, limit, seed=seed, ignore=ignore
-    )
+@dataclass
+class ClusterSettings:
+    """Prototype clustering has no settings: each image goes to its argmax prototype."""
+
+
+Outcome = tuple[dict[str, Any], dict[str, Any]]
+"""(settings as recorded, results)."""
+
+
+def _knn(req: EvalRequest, s: KnnSettings) -> Outcome:
+    ftr, fte = req.features(req.train), req.features(req.test)
+    res = knn_accuracy(ftr.features, ftr.labels, fte.features, fte.labels, s.k, s.temperature)
+    return {"ks": list(s.k), "temperature": s.temperature}, {f"k={k}": v for k, v in res.items()}
+
+
+def _linear(req: EvalRequest, s: LinearSettings) -> Outcome:
+    bs = req.batch_size
     settings = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr or 0.3 * batch_size / 256,
-        "weight_decay": weight_decay,
-        "mode": "fast" if fast else "augmented",
-        "val_fraction": val_fraction,
+        "epochs": s.epochs,
+        "batch_size": bs,
+        "lr": s.lr or 0.3 * bs / 256,
+        "weight_decay": s.weight_decay,
+        "mode": "per-stage (fast)" if s.stages else "fast" if s.fast else "augmented",
+        "val_fraction": s.val_fraction,
     }
-    if stages:
-        tr = extract_stage_features(loaded.model, d.train, d.transform)
-        te = extract_stage_features(loaded.model, d.test, d.transform)
-        ytr, yte = torch.tensor(d.train.labels), torch.tensor(d.test.labels)
+    probe: Callable[..., Any] = linear_probe_features
+    args = (s.epochs, bs, s.lr, s.weight_decay, s.val_fraction)
+    if s.stages:
+        model, tf = req.loaded.model, req.transform
+        tr = extract_stage_features(model, req.train, tf)
+        te = extract_stage_features(model, req.test, tf)
+        ytr, yte = torch.tensor(req.train.labels), torch.tensor(req.test.labels)
         names = ["stem", "stage1", "stage2", "stage3", "stage4"]
         res = {
-            n: linear_probe_features(
-                a, ytr, b, yte, epochs, batch_size, lr, weight_decay, val_fraction, seed=seed
-            ).as_dict()
+            n: probe(a, ytr, b, yte, *args, seed=req.seed).as_dict()
             for n, a, b in zip(names, tr, te)
         }
-        settings["mode"] = "per-stage (fast)"
-    elif fast:
-        ftr, fte = _features(loaded, d, cache_dir, batch_size, workers, progress)
-        res = linear_probe_features(
-            ftr.features,
-            ftr.labels,
-            fte.features,
-            fte.labels,
-            epochs,
-            batch_size,
-            lr,
-            weight_decay,
-            val_fraction,
-            seed=seed,
-        ).as_dict()
+    elif s.fast:
+        ftr, fte = req.features(req.train), req.features(req.test)
+        res = probe(ftr.features, ftr.labels, fte.features, fte.labels, *args, seed=req.seed)
+        res = res.as_dict()
     else:
         res = linear_eval(
-            loaded.model,
-            d.train,
-            d.test,
-            d.transform.size,
-            d.transform.mean.flatten().tolist(),
-            d.transform.std.flatten().tolist(),
-            epochs,
-            batch_size,
-            lr,
-            weight_decay,
-            d.transform.crop_fraction,
-            workers=workers,
-            seed=seed,
-            progress=progress,
+            req.loaded.model,
+            req.train,
+            req.test,
+            req.transform,
+            s.epochs,
+            bs,
+            s.lr,
+            s.weight_decay,
+            workers=req.workers,
+            seed=req.seed,
+            progress=req.progress,
         ).as_dict()
-    return _finish("linear", loaded, d, settings, res, seed, t, out)
+    return settings, res
 
 
-def run_semisup(
-    checkpoint,
-    ignore=(),
-    data=None,
-    train_split=None,
-    test_split=None,
-    size=None,
-    fraction=0.1,
-    subset_file=None,
-    epochs=20,
-    batch_size=256,
-    trunk_lr=None,
-    head_lr=None,
-    limit=0,
-    seed=0,
-    out=None,
-) -> dict[str, Any]:
-    t = time.time()
-    loaded, d = prepare(
-        checkpoint, data, train_split, test_split, size, limit, seed=seed, ignore=ignore
-    )
-    if subset_file:
-        idx = subset_from_file(d.train.item_names(), subset_file)
+def _semisup(req: EvalRequest, s: SemisupSettings) -> Outcome:
+    if s.subset_file:
+        idx = subset_from_file(req.train.item_names(), s.subset_file)
     else:
-        idx = balanced_subset(d.train.labels, fraction, seed)
-    one_pct = fraction <= 0.01
-    trunk_lr = trunk_lr if trunk_lr is not None else (0.02 if one_pct else 0.01)
-    head_lr = head_lr if head_lr is not None else (5.0 if one_pct else 0.2)
+        idx = balanced_subset(req.train.labels, s.fraction, req.seed)
+    one_pct = s.fraction <= 0.01
+    trunk_lr = s.trunk_lr if s.trunk_lr is not None else (0.02 if one_pct else 0.01)
+    head_lr = s.head_lr if s.head_lr is not None else (5.0 if one_pct else 0.2)
     res = finetune(
-        loaded.model,
-        d.train,
-        d.test,
+        req.loaded.model,
+        req.train,
+        req.test,
         idx,
-        d.transform.size,
-        d.transform.mean.flatten().tolist(),
-        d.transform.std.flatten().tolist(),
-        epochs,
-        batch_size,
+        req.transform,
+        s.epochs,
+        req.batch_size,
         trunk_lr,
         head_lr,
-        crop_fraction=d.transform.crop_fraction,
-        seed=seed,
+        seed=req.seed,
     ).as_dict()
     settings = {
-        "fraction": fraction,
-        "subset_file": subset_file,
+        "fraction": s.fraction,
+        "subset_file": s.subset_file,
         "labelled": len(idx),
-        "epochs": epochs,
+        "epochs": s.epochs,
         "trunk_lr": trunk_lr,
         "head_lr": head_lr,
     }
-    return _finish("semisup", loaded, d, settings, res, seed, t, out)
+    return settings, res
 
 
-def run_lowshot(
-    checkpoint,
-    ignore=(),
-    data=None,
-    train_split=None,
-    test_split=None,
-    size=None,
-    shots=DEFAULT_SHOTS,
-    draws=5,
-    limit=0,
-    seed=0,
-    out=None,
-    cache_dir=None,
-    batch_size=256,
-    workers=0,
-    progress=False,
-) -> dict[str, Any]:
-    t = time.time()
-    loaded, d = prepare(
-        checkpoint, data, train_split, test_split, size, limit, seed=seed, ignore=ignore
-    )
-    ftr, fte = _features(loaded, d, cache_dir, batch_size, workers, progress)
+def _lowshot(req: EvalRequest, s: LowshotSettings) -> Outcome:
+    ftr, fte = req.features(req.train), req.features(req.test)
     res = lowshot_svm(
         ftr.features.numpy(),
         ftr.labels.numpy(),
         fte.features.numpy(),
         fte.labels.numpy(),
-        shots,
-        draws,
-        seed=seed,
+        s.shots,
+        s.draws,
+        seed=req.seed,
     )
-    return _finish(
-        "lowshot",
-        loaded,
-        d,
-        {"shots": list(shots), "draws": draws},
-        {f"k={k}": v for k, v in res.items()},
-        seed,
-        t,
-        out,
+    return {"shots": list(s.shots), "draws": s.draws}, {f"k={k}": v for k, v in res.items()}
+
+
+def _cluster(req: EvalRequest, s: ClusterSettings) -> Outcome:
+    if req.loaded.model.prototypes is None:
+        raise CheckpointError("this checkpoint has no prototypes: clustering needs a SwAV model")
+    f = req.features(req.test)
+    assert f.scores is not None
+    res = cluster_metrics(f.labels.numpy(), f.scores.argmax(1).numpy(), f.scores.shape[1])
+    return {"assignment": "argmax prototype, first head"}, res
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol: its name, a one-line description, its settings and its run."""
+
+    name: str
+    help: str
+    settings: type
+    run: Callable[[EvalRequest, Any], Outcome]
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol("knn", "weighted cosine kNN on frozen features", KnnSettings, _knn),
+        Protocol("linear", "linear probe on the frozen backbone", LinearSettings, _linear),
+        Protocol(
+            "semisup",
+            "fine-tune on a small labelled subset (1 or 10 percent)",
+            SemisupSettings,
+            _semisup,
+        ),
+        Protocol(
+            "lowshot", "low-shot linear SVMs, k = 1 ... 96 per class", LowshotSettings, _lowshot
+        ),
+        Protocol(
+            "cluster",
+            "prototype clustering: NMI, ARI, Hungarian accuracy",
+            ClusterSettings,
+            _cluster,
+        ),
     )
+}
+
+
+def evaluate(request: EvalRequest, protocol: str, settings: Any = None) -> dict[str, Any]:
+    """Run one protocol on a resolved request; the result record (written to ``request.out``
+    when set)."""
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    p = PROTOCOLS[protocol]
+    settings = settings if settings is not None else p.settings()
+    recorded, results = p.run(request, settings)
+    record = {
+        "protocol": protocol,
+        **request.description(),
+        "settings": recorded,
+        "seed": request.seed,
+        "seconds": round(time.time() - request.started, 1),
+        "results": results,
+    }
+    if request.out:
+        request.out.parent.mkdir(parents=True, exist_ok=True)
+        request.out.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def run_protocol(protocol: str, checkpoint: str, **options: Any) -> dict[str, Any]:
+    """Resolve the request and run one protocol. ``options`` mixes the request's arguments
+    (``resolve_request``: data, splits, size, limit, seed, out, cache_dir, ...) and the
+    protocol's settings (e.g. ``k`` for knn, ``epochs`` and ``fast`` for linear)."""
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    cls = PROTOCOLS[protocol].settings
+    own = {f.name for f in dataclasses.fields(cls)}
+    request_args = set(inspect.signature(resolve_request).parameters)
+    unknown = set(options) - own - request_args
+    if unknown:
+        raise UsageError(
+            f"{protocol}: unknown options {sorted(unknown)}; settings: {sorted(own)}, "
+            f"request: {sorted(request_args - {'checkpoint'})}"
+        )
+    settings = cls(**{k: v for k, v in options.items() if k in own})
+    request = resolve_request(checkpoint, **{k: v for k, v in options.items() if k not in own})
+    return evaluate(request, protocol, settings)
+
+
+def run_knn(checkpoint: str, **options: Any) -> dict[str, Any]:
+    """kNN protocol (``run_protocol("knn", ...)``)."""
+    return run_protocol("knn", checkpoint, **options)
+
+
+def run_linear(checkpoint: str, **options: Any) -> dict[str, Any]:
+    """Linear probe (``run_protocol("linear", ...)``)."""
+    return run_protocol("linear", checkpoint, **options)
+
+
+def run_semisup(checkpoint: str, **options: Any) -> dict[str, Any]:
+    """Semi-supervised fine-tuning (``run_protocol("semisup", ...)``)."""
+    return run_protocol("semisup", checkpoint, **options)
+
+
+def run_lowshot(checkpoint: str, **options: Any) -> dict[str, Any]:
+    """Low-shot SVMs (``run_protocol("lowshot", ...)``)."""
+    return run_protocol("lowshot", checkpoint, **options)
+
+
+def run_cluster(checkpoint: str, **options: Any) -> dict[str, Any]:
+    """Prototype clustering (``run_protocol("cluster", ...)``)."""
+    return run_protocol("cluster", checkpoint, **options)
 
 
 def format_result(record: dict[str, Any]) -> str:
@@ -387,63 +288,14 @@ def format_result(record: dict[str, Any]) -> str:
         f"{record['protocol']} on {record['data']} ({record['test_split']}, "
         f"{record['n_test']} images) with {record['arch']} from {record['checkpoint']}"
     ]
-    res = record["results"]
 
-    def fmt(v):
+    def fmt(v: Any) -> str:
         return f"{v:.2f}" if isinstance(v, float) else str(v)
 
-    for k, v in res.items():
+    for k, v in record["results"].items():
         if isinstance(v, dict):
-            lines.append(
-                f"  {k:>12}: "
-                + "  ".join(f"{a}={fmt(b)}" for a, b in v.items() if not isinstance(b, list))
-            )
+            cells = "  ".join(f"{a}={fmt(b)}" for a, b in v.items() if not isinstance(b, list))
+            lines.append(f"  {k:>12}: {cells}")
         else:
             lines.append(f"  {k:>16}: {fmt(v)}")
     return "\n".join(lines)
-
-
-def write_report(run_dir: str | Path) -> Path:
-    """Gather a run's results (eval/*.json, demo_results.json, the last epoch's metrics) into
-    ``run_dir/REPORT.md``."""
-    from swav.engine.metrics import read_metrics
-
-    run_dir = Path(run_dir)
-    parts = [f"# Report: {run_dir.name}", ""]
-    cfg = run_dir / "config.yaml"
-    if cfg.exists():
-        import yaml
-
-        c = yaml.safe_load(cfg.read_text())
-        parts += [
-            "## Pretraining",
-            "",
-            f"- data: `{c['data']['source']}` (split `{c['data']['split']}`)",
-            f"- model: {c['model']['arch']}, prototypes {c['model']['n_prototypes']}",
-            f"- crops: {c['multicrop']['n_crops']} x {c['multicrop']['sizes']} px",
-            f"- optimiser: {c['optim']['optimizer']} lr {c['optim']['base_lr']}, "
-            f"batch {c['train']['batch_size']}, epochs {c['train']['epochs']}",
-        ]
-    epochs = [m for m in read_metrics(run_dir) if m.get("kind") == "epoch"]
-    if epochs:
-        e = epochs[-1]
-        parts.append(
-            f"- last epoch {e['epoch']}: loss {e['loss']:.4f}, prototypes used "
-            f"{e['prototypes_used']}"
-        )
-    if (run_dir / "loss.png").exists():
-        parts += ["", "![loss](loss.png)"]
-    results = sorted((run_dir / "eval").glob("*.json")) if (run_dir / "eval").exists() else []
-    if results:
-        parts += ["", "## Evaluation", ""]
-        for r in results:
-            rec = json.loads(r.read_text())
-            parts += ["```", format_result(rec), "```", ""]
-    demo = run_dir / "demo_results.json"
-    if demo.exists():
-        from swav.demo import format_report
-
-        parts += ["## Demo", "", "```", format_report(json.loads(demo.read_text())), "```"]
-    out = run_dir / "REPORT.md"
-    out.write_text("\n".join(parts) + "\n")
-    return out

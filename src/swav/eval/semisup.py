@@ -6,21 +6,26 @@ and 16 of 20) and no weight decay."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from swav.eval.features import EvalTransform, TrainTransform, _Images
-from swav.eval.linear import LinearResult, _accuracy, _init_linear
+from swav.data.sources import DataError, ImageSource
+from swav.data.transforms import EvalTransform, TrainTransform
+from swav.errors import UsageError
+from swav.eval.linear import LinearResult, init_linear, n_classes, test_accuracy
+from swav.model.features import ImageDataset
 
 
-def balanced_subset(labels, fraction: float, seed: int = 0) -> list[int]:
+def balanced_subset(labels: Sequence[int] | Tensor, fraction: float, seed: int = 0) -> list[int]:
     """Indices holding ``round(fraction x n_c)`` (at least 1) images of every class c."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise UsageError(f"fraction must be in (0, 1], got {fraction}")
     labels = torch.as_tensor(labels)
     g = torch.Generator().manual_seed(seed)
     chosen = []
@@ -38,34 +43,31 @@ def subset_from_file(names: list[str], path: str | Path) -> list[int]:
     base = {Path(n).name: i for i, n in enumerate(names)}
     missing = [w for w in wanted if w not in index and Path(w).name not in base]
     if missing:
-        raise ValueError(f"{len(missing)} listed images are not in the data, e.g. {missing[0]}")
+        raise DataError(f"{len(missing)} listed images are not in the data, e.g. {missing[0]}")
     return sorted(index.get(w, base.get(Path(w).name)) for w in wanted)
 
 
 def finetune(
     model: nn.Module,
-    train_source,
-    test_source,
+    train_source: ImageSource,
+    test_source: ImageSource,
     indices: list[int],
-    size: int,
-    mean,
-    std,
+    transform: EvalTransform,
     epochs: int = 20,
     batch_size: int = 256,
     trunk_lr: float = 0.01,
     head_lr: float = 0.2,
     milestones: tuple[float, float] = (0.6, 0.8),
-    crop_fraction: float = 0.875,
     device: str = "cpu",
     seed: int = 0,
 ) -> LinearResult:
-    """Fine-tune backbone + new linear head on ``train_source[indices]``; top-1/5 on the test."""
+    """Fine-tune backbone + new linear head on ``train_source[indices]`` (``TrainTransform``
+    crops at the size of ``transform``); top-1/5 on the test source through ``transform``."""
     torch.manual_seed(seed)
-    trunk = model.backbone if hasattr(model, "backbone") else model
+    trunk: Any = model.backbone if hasattr(model, "backbone") else model
     trunk = trunk.to(device)
-    labels = torch.tensor(train_source.labels)
-    n_classes = int(max(labels.max(), max(test_source.labels)) + 1)
-    head = _init_linear(int(trunk.num_features), n_classes, seed).to(device)
+    head = init_linear(int(trunk.num_features), n_classes(train_source, test_source), seed)
+    head = head.to(device)
     opt = torch.optim.SGD(
         [
             {"params": trunk.parameters(), "lr": trunk_lr},
@@ -77,7 +79,7 @@ def finetune(
     steps = [int(math.floor(m * epochs)) for m in milestones]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, steps, gamma=0.2)
     g = torch.Generator().manual_seed(seed)
-    data = Subset(_Images(train_source, TrainTransform(size, mean, std)), indices)
+    data = Subset(ImageDataset(train_source, TrainTransform(transform), transform.size), indices)
     loader = DataLoader(
         data,
         batch_size=min(batch_size, len(indices)),
@@ -97,14 +99,5 @@ def finetune(
             opt.step()
         sched.step()
     trunk.eval()
-    logits, ys = [], []
-    with torch.no_grad():
-        test = DataLoader(
-            _Images(test_source, EvalTransform(size, mean, std, crop_fraction)),
-            batch_size=batch_size,
-        )
-        for x, y, _, ok in test:
-            logits.append(head(trunk(x[ok].to(device))).cpu())
-            ys.append(y[ok])
-    top1, top5 = _accuracy(torch.cat(logits), torch.cat(ys))
+    top1, top5 = test_accuracy(lambda x: head(trunk(x)), test_source, transform, batch_size, device)
     return LinearResult(top1, top5, None, epochs, float("nan"))

@@ -24,17 +24,28 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from swav.config import config_from_dict
+from swav.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 from swav.engine.checkpoint import safe_load
-from swav.model.backbones import _SPECS, BasicBlock, Bottleneck, ResNet
+from swav.engine.run_dir import RunDir, is_run_checkpoint
+from swav.errors import SwAVError
+from swav.model.backbones import RESNET_SPECS, BasicBlock, Bottleneck, ResNet
+from swav.model.config import build_from_config
 from swav.model.swav import SwAV
 
 log = logging.getLogger(__name__)
 
 HEAD_PARTS = ("projection_head", "prototypes")
+IGNORABLE_PARTS = ("projection_head", "prototypes", "head", "fc", "classifier")
+"""Parts of a checkpoint that ``ignore=`` (``--ignore``) may leave out."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SwAVError, ValueError):
     """The file cannot be loaded as asked; the message lists what did not match."""
+
+
+class CheckpointNotFoundError(SwAVError, FileNotFoundError):
+    """No file, run directory or released checkpoint of that name."""
 
 
 @dataclass
@@ -46,6 +57,20 @@ class LoadedModel:
     classes: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def pretraining(self) -> dict[str, Any]:
+        """The pretraining configuration the checkpoint carries (empty when none)."""
+        return self.meta.get("config") or {}
+
+    def eval_transform(self, size: int | None = None) -> EvalTransform:
+        """The evaluation transform for this model: ``size`` (default: the pretraining's large
+        crop size, else 224) and the pretraining's normalisation (else ImageNet's)."""
+        mc = self.pretraining.get("multicrop", {})
+        size = size or (mc.get("sizes") or [224])[0]
+        return EvalTransform.for_size(
+            size, mc.get("mean", IMAGENET_MEAN), mc.get("std", IMAGENET_STD)
+        )
+
 
 def _strip(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in sd.items()}
@@ -54,7 +79,7 @@ def _strip(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 def detect_layout(obj: Any) -> str:
     if not isinstance(obj, dict):
         raise CheckpointError(f"expected a dict of tensors, found {type(obj).__name__}")
-    if obj.get("format", "").startswith("swav-run"):
+    if is_run_checkpoint(obj):
         return "swav-run"
     if "swav_meta" in obj and "state_dict" in obj:
         return "swav-export"
@@ -105,7 +130,7 @@ def infer_resnet(sd: dict[str, Tensor]) -> tuple[str, dict[str, Any]]:
     name = next(
         (
             n
-            for n, (b, ly, w, bw) in _SPECS.items()
+            for n, (b, ly, w, bw) in RESNET_SPECS.items()
             if b is block and ly == tuple(layers) and w == widen and bw == base
         ),
         f"resnet[{block.__name__},{layers},{width}]",
@@ -164,7 +189,7 @@ def _mmselfsup_to_reference(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def _check_parts(ignore: Iterable[str]) -> set[str]:
     ignore = set(ignore)
-    allowed = {"projection_head", "prototypes", "head", "fc", "classifier"}
+    allowed = set(IGNORABLE_PARTS)
     bad = ignore - allowed
     if bad:
         raise CheckpointError(
@@ -235,9 +260,9 @@ def load_checkpoint(
     if not p.exists() and str(path_or_name) in RELEASED:
         p = fetch(str(path_or_name), download=download)
     if p.is_dir():
-        p = p / "checkpoint.pt"
+        p = RunDir(p).checkpoint
     if not p.exists():
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"no checkpoint at {p} (and no released checkpoint of that name; see `swav zoo`)"
         )
     obj = safe_load(p, map_location)
@@ -245,11 +270,8 @@ def load_checkpoint(
     meta: dict[str, Any] = {"source": str(p), "layout": layout}
     classifier, classes = None, None
     if layout == "swav-run":
-        from swav.config import config_from_dict
-        from swav.engine.train import build_swav_model
-
         cfg = config_from_dict(obj["config"])
-        model = build_swav_model(cfg)
+        model = build_from_config(cfg.model)
         model.load_state_dict(obj["model"], strict=True)
         meta["config"] = obj["config"]
         meta["epoch"] = obj.get("epoch")

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from swav.errors import UsageError
 from swav.model.swav import SwAV
 
 FORMATS = ("torchvision", "timm", "safetensors", "detectron2", "swav")
@@ -50,7 +51,7 @@ def export_model(
 ) -> list[Path]:
     """Write ``model`` in ``fmt``; returns the files written."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})

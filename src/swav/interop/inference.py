@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from swav.data.sources import ImageSource, load_rgb
-from swav.eval.features import EvalTransform, extract_features
+from swav.data.transforms import EvalTransform
+from swav.interop.checkpoints import CheckpointError
+from swav.model.features import extract_features
 
 
 @dataclass
@@ -87,7 +89,7 @@ def assign(model: nn.Module, paths: list[str], transform: EvalTransform) -> list
     """(prototype id, cosine score) of each image's highest-scoring prototype (first head)."""
     model.eval()
     if getattr(model, "prototypes", None) is None:
-        raise ValueError("this model has no prototypes (a backbone-only checkpoint)")
+        raise CheckpointError("this model has no prototypes (a backbone-only checkpoint)")
     out = model(_images(paths, transform))
     score, idx = out.scores[0].max(dim=1)
     return list(zip(idx.tolist(), score.tolist()))

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from swav.errors import SwAVError, UsageError
+
 BASE_URL = "https://dl.fbaipublicfiles.com/deepcluster/"
 
 
@@ -81,19 +83,24 @@ RELEASED: dict[str, Released] = {
 }
 
 
+class NotCachedError(SwAVError, FileNotFoundError):
+    """A released checkpoint that is not in the cache and was not asked to download."""
+
+
 def cache_dir() -> Path:
+    """Where released checkpoints are kept (``$SWAV_CACHE``, else ``~/.cache/swav/hub``)."""
     return Path(os.environ.get("SWAV_CACHE", Path.home() / ".cache" / "swav" / "hub"))
 
 
 def fetch(name: str, download: bool = False) -> Path:
     """Path of a released file in the cache; downloads it only with ``download=True``."""
     if name not in RELEASED:
-        raise KeyError(f"no released checkpoint {name!r}; see `swav zoo`")
+        raise UsageError(f"no released checkpoint {name!r}; see `swav zoo`")
     path = cache_dir() / RELEASED[name].file
     if path.exists():
         return path
     if not download:
-        raise FileNotFoundError(
+        raise NotCachedError(
             f"{name} is not in the cache ({path}); pass download=True (--download) to fetch "
             f"{RELEASED[name].url}"
         )

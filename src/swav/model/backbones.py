@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from swav.errors import UsageError
 from swav.model.conv import Conv2d
 from swav.model.stem import fused_stem_applies, stem_bn_relu_pool
 
@@ -146,7 +147,7 @@ class ResNet(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
-_SPECS: dict[str, tuple[type, tuple[int, int, int, int], int, int]] = {
+RESNET_SPECS: dict[str, tuple[type, tuple[int, int, int, int], int, int]] = {
     "resnet18": (BasicBlock, (2, 2, 2, 2), 1, 64),
     "resnet34": (BasicBlock, (3, 4, 6, 3), 1, 64),
     "resnet50": (Bottleneck, (3, 4, 6, 3), 1, 64),
@@ -160,7 +161,7 @@ _SPECS: dict[str, tuple[type, tuple[int, int, int, int], int, int]] = {
     "resnet_tiny": (BasicBlock, (1, 1, 1, 1), 1, 32),
 }
 
-BACKBONES: tuple[str, ...] = tuple(_SPECS)
+BACKBONES: tuple[str, ...] = tuple(RESNET_SPECS)
 
 
 def _timm_backbone(name: str) -> nn.Module:
@@ -184,9 +185,9 @@ def build_backbone(
     """
     if name.startswith("timm:"):
         return _timm_backbone(name[len("timm:") :])
-    if name not in _SPECS:
-        raise ValueError(
+    if name not in RESNET_SPECS:
+        raise UsageError(
             f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} or 'timm:<name>'"
         )
-    block, layers, widen, base = _SPECS[name]
+    block, layers, widen, base = RESNET_SPECS[name]
     return ResNet(block, layers, widen, small_stem, zero_init_residual, base)

@@ -1,14 +1,18 @@
-"""Metrics (JSONL, TensorBoard when installed) and training health checks."""
+"""Training health: is the loss finite, are the codes spread over the prototypes?
+
+The collapse SwAV is known for shows as a loss stuck at ln K (uniform codes: every image gets the
+same, uninformative assignment). ``CollapseMonitor`` watches for it after the prototypes are
+unfrozen; ``code_stats`` gives the entropy of the codes and the prototypes they use.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from pathlib import Path
-from typing import Any
 
 import torch
+
+from swav.errors import SwAVError
 
 log = logging.getLogger(__name__)
 
@@ -21,56 +25,8 @@ COLLAPSE_ADVICE = (
 )
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(SwAVError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
-
-
-class MetricsWriter:
-    """Appends one JSON object per line to ``metrics.jsonl``; mirrors scalars to TensorBoard."""
-
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self._f = open(self.path, "a") if enabled else None  # noqa: SIM115
-        self._tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except Exception:  # tensorboard is optional
-                self._tb = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self._f.write(json.dumps(record) + "\n")
-        if self._tb is not None and "iteration" in record:
-            for k, v in record.items():
-                if k not in ("iteration", "epoch", "kind") and isinstance(v, int | float):
-                    self._tb.add_scalar(
-                        f"{record.get('kind', 'train')}/{k}", v, record["iteration"]
-                    )
-
-    def flush(self) -> None:
-        if self._f:
-            self._f.flush()
-        if self._tb is not None:
-            self._tb.flush()
-
-    def close(self) -> None:
-        if self._f:
-            self._f.close()
-            self._f = None
-        if self._tb is not None:
-            self._tb.close()
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def code_stats(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

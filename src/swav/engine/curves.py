@@ -1,11 +1,12 @@
-"""Plots of what a run learned: the loss curve (with ln K for reference)."""
+"""The loss curve of a run, drawn to ``loss.png`` when training ends (with ln K, the loss of
+uniform codes, for reference)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from swav.engine.metrics import read_metrics
+from swav.engine.run_dir import RunDir
 
 
 def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -14,11 +15,10 @@ def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import yaml
 
-    run_dir = Path(run_dir)
-    rows = [r for r in read_metrics(run_dir) if "kind" not in r and "loss" in r]
-    out = Path(out) if out else run_dir / "loss.png"
+    run = RunDir.of(run_dir)
+    rows = [r for r in run.read_metrics() if "kind" not in r and "loss" in r]
+    out = Path(out) if out else run.loss_plot
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if rows:
         its = [r["iteration"] for r in rows]
@@ -30,17 +30,13 @@ def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
             for i in range(len(losses))
         ]
         ax.plot(its, mean, lw=1.5, label=f"running mean ({w} it)")
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists():
-        ks = (yaml.safe_load(cfg_path.read_text()) or {}).get("model", {}).get("n_prototypes")
-        if ks:
-            ln_k = sum(math.log(k) for k in ks) / len(ks)
-            ax.axhline(
-                ln_k, color="gray", ls="--", lw=1, label=f"ln K = {ln_k:.2f} (uniform codes)"
-            )
+    ks = (run.read_config() or {}).get("model", {}).get("n_prototypes")
+    if ks:
+        ln_k = sum(math.log(k) for k in ks) / len(ks)
+        ax.axhline(ln_k, color="gray", ls="--", lw=1, label=f"ln K = {ln_k:.2f} (uniform codes)")
     ax.set_xlabel("iteration")
     ax.set_ylabel("swapped prediction loss")
-    ax.set_title(f"SwAV pretraining: {run_dir.name}")
+    ax.set_title(f"SwAV pretraining: {run.path.name}")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -1,0 +1,70 @@
+"""``swav eval <protocol>`` (one sub-command per registered protocol) and ``swav report``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from swav.cli.common import (
+    add_settings_arguments,
+    batch_options,
+    checkpoint_options,
+    labelled_data_options,
+    progress_options,
+    settings_from_args,
+    size_options,
+)
+from swav.eval.protocols import PROTOCOLS, evaluate, format_result
+from swav.eval.request import default_result_path, resolve_request
+
+
+def register(sub: Any) -> None:
+    e = sub.add_parser(
+        "eval", help="evaluate a backbone: " + ", ".join(PROTOCOLS), description=__doc__
+    )
+    es = e.add_subparsers(dest="protocol", required=True)
+    parents = [
+        checkpoint_options(),
+        labelled_data_options(),
+        size_options(),
+        batch_options(),
+        progress_options(),
+    ]
+    for name, protocol in PROTOCOLS.items():
+        p = es.add_parser(name, help=protocol.help, description=protocol.help, parents=parents)
+        add_settings_arguments(p, protocol.settings)
+        p.set_defaults(func=_eval)
+    r = sub.add_parser("report", help="gather a run's results into RUN_DIR/REPORT.md")
+    r.add_argument("run_dir")
+    r.set_defaults(func=_report)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    out = args.out or default_result_path(args.checkpoint, args.protocol)
+    request = resolve_request(
+        args.checkpoint,
+        data=args.data,
+        train_split=args.train_split,
+        test_split=args.test_split,
+        size=args.size,
+        limit=args.limit,
+        seed=args.seed,
+        ignore=args.ignore,
+        out=out,
+        cache_dir=args.cache,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    settings = settings_from_args(PROTOCOLS[args.protocol].settings, args)
+    record = evaluate(request, args.protocol, settings)
+    print(format_result(record))
+    print(f"result written to {out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from swav.report import write_report
+
+    path = write_report(args.run_dir)
+    print(f"{path.read_text()}\nwritten to {path}")
+    return 0

@@ -1,0 +1,130 @@
+"""``swav zoo``, ``swav export``, ``swav embed``, ``swav predict`` and ``swav assign``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from swav.cli.common import batch_options, checkpoint_options, progress_options, size_options
+from swav.interop.checkpoints import CheckpointError, load_checkpoint, load_linear_head
+from swav.interop.export import FORMATS, export_model
+
+
+def register(sub: Any) -> None:
+    z = sub.add_parser("zoo", help="list the released checkpoints loadable by name")
+    z.set_defaults(func=_zoo)
+    x = sub.add_parser(
+        "export",
+        help="export a backbone (" + ", ".join(FORMATS) + ")",
+        parents=[checkpoint_options()],
+    )
+    x.add_argument(
+        "--format", default="torchvision", choices=FORMATS, help="output format (torchvision)"
+    )
+    x.add_argument("--out", required=True, help="output file")
+    x.add_argument("--download", action="store_true", help="fetch a released checkpoint")
+    x.set_defaults(func=_export)
+    em = sub.add_parser(
+        "embed",
+        help="backbone features of every image, in order",
+        parents=[checkpoint_options(), size_options(), batch_options(), progress_options()],
+    )
+    em.add_argument("data", help="folder, archive or dataset name")
+    em.add_argument("--split", default="", help="split of the data (default: all)")
+    em.add_argument("--out", required=True, help=".npy (+ .names.txt) or .parquet")
+    em.set_defaults(func=_embed)
+    pr = sub.add_parser(
+        "predict",
+        help="class and score per image (backbone + linear head)",
+        parents=[checkpoint_options(), size_options()],
+    )
+    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument(
+        "--head",
+        default=None,
+        help="linear head file (e.g. swav_800ep_eval_linear); default: the checkpoint's fc layer",
+    )
+    pr.add_argument("--classes", default=None, help="file with one class name per line")
+    pr.add_argument("--topk", type=int, default=1, help="classes per image (default: 1)")
+    pr.set_defaults(func=_predict)
+    a = sub.add_parser(
+        "assign",
+        help="highest-scoring prototype per image",
+        parents=[checkpoint_options(), size_options()],
+    )
+    a.add_argument("images", nargs="+", help="image files")
+    a.set_defaults(func=_assign)
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    from swav.interop.zoo import RELEASED, cache_dir
+
+    print(f"{'name':24s} {'arch':12s} {'top-1':>6s}  recipe")
+    for name, r in RELEASED.items():
+        cached = " (cached)" if (cache_dir() / r.file).exists() else ""
+        print(f"{name:24s} {r.arch:12s} {r.top1 or '':>6}  {r.recipe}{cached}")
+    print(
+        f"\nload with swav.load_checkpoint(NAME, download=True) or --checkpoint NAME; cache: "
+        f"{cache_dir()}"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    loaded = load_checkpoint(args.checkpoint, ignore=args.ignore, download=args.download)
+    meta = {
+        "arch": loaded.arch,
+        "source": loaded.meta["source"],
+        "layout": loaded.layout,
+        "pretraining": loaded.meta.get("config"),
+    }
+    for f in export_model(loaded.model, args.out, args.format, meta):
+        print(f"wrote {f}")
+    return 0
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from swav.data.sources import open_source
+    from swav.interop.inference import embed, save_embeddings
+
+    loaded = load_checkpoint(args.checkpoint, ignore=args.ignore)
+    src = open_source(args.data, args.split)
+    tf = loaded.eval_transform(args.size)
+    emb = embed(loaded.model, src, tf, args.batch_size, progress=not args.no_progress)
+    for f in save_embeddings(emb, args.out):
+        print(f"wrote {f}")
+    print(f"{emb.features.shape[0]} images x {emb.features.shape[1]} features")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from swav.interop.inference import predict
+    from swav.interop.zoo import RELEASED, fetch
+
+    loaded = load_checkpoint(args.checkpoint, ignore=[*args.ignore, "head"])
+    head = loaded.classifier
+    if args.head:
+        released = args.head in RELEASED and not Path(args.head).exists()
+        head = load_linear_head(fetch(args.head) if released else args.head)
+    if head is None:
+        raise CheckpointError("no classifier: the checkpoint has no fc layer; pass --head")
+    classes = None
+    if args.classes:
+        classes = [c.strip() for c in Path(args.classes).read_text().splitlines() if c.strip()]
+    tf = loaded.eval_transform(args.size)
+    preds = predict(loaded.model, head, args.images, tf, classes, args.topk)
+    for img, row in zip(args.images, preds):
+        print(img + "\t" + "\t".join(f"{c} {p:.3f}" for c, p in row))
+    return 0
+
+
+def _assign(args: argparse.Namespace) -> int:
+    from swav.interop.inference import assign
+
+    loaded = load_checkpoint(args.checkpoint, ignore=args.ignore)
+    for img, (k, s) in zip(
+        args.images, assign(loaded.model, args.images, loaded.eval_transform(args.size))
+    ):
+        print(f"{img}\tprototype {k}\tscore {s:.3f}")
+    return 0

@@ -1,0 +1,235 @@
+"""What a run reports while it trains: one logger owns the metric buffer, the health checks,
+the progress bar, ``metrics.jsonl`` and TensorBoard, and flushes them all through one path.
+
+Losses stay on the device between flushes: moving them to the host is the loop's only
+synchronisation, once every ``train.log_every`` iterations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import IO, Any
+
+import torch
+from torch import Tensor
+
+from swav.data.loader import Corrupt
+from swav.engine.health import CollapseMonitor, NonFiniteLossError, code_stats
+from swav.engine.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``metrics.jsonl``; mirrors scalars to TensorBoard."""
+
+    def __init__(self, run: RunDir, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self._f: IO[str] | None = open(run.metrics, "a") if enabled else None  # noqa: SIM115
+        self._tb: Any = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(run.tensorboard))
+            except Exception:  # tensorboard is optional
+                self._tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._f is None:
+            return
+        self._f.write(json.dumps(record) + "\n")
+        if self._tb is not None and "iteration" in record:
+            for k, v in record.items():
+                if k not in ("iteration", "epoch", "kind") and isinstance(v, int | float):
+                    tag = f"{record.get('kind', 'train')}/{k}"
+                    self._tb.add_scalar(tag, v, record["iteration"])
+
+    def flush(self) -> None:
+        if self._f:
+            self._f.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._f:
+            self._f.close()
+            self._f = None
+        if self._tb is not None:
+            self._tb.close()
+
+
+class TrainLogger:
+    """Per-iteration losses and learning rates, health records at each flush, one record per
+    epoch, the progress bar, and the warnings (collapse, skipped images).
+
+    Args:
+        run: the run directory (written only when ``enabled``, i.e. on the main process).
+        n_prototypes: K of each prototype head (for ln K and the usage counter).
+        epochs, iters_per_epoch: the run's length, for the progress bar and records.
+        log_every: iterations between flushes.
+        monitor: the collapse monitor.
+        progress: show a progress bar (main process only).
+    """
+
+    def __init__(
+        self,
+        run: RunDir,
+        enabled: bool,
+        n_prototypes: list[int],
+        epochs: int,
+        iters_per_epoch: int,
+        log_every: int,
+        monitor: CollapseMonitor,
+        progress: bool,
+        device: torch.device,
+    ) -> None:
+        self.run, self.enabled, self.n_prototypes = run, enabled, n_prototypes
+        self.epochs, self.iters, self.log_every = epochs, iters_per_epoch, log_every
+        self.monitor, self.progress = monitor, progress and enabled
+        self.writer = MetricsWriter(run, enabled)
+        self.usage = torch.zeros(n_prototypes[0], device=device)
+        self.last_loss = float("nan")
+        self._pending: list[tuple[int, Tensor, float]] = []
+        self._codes: Tensor | None = None
+        self._bar: Any = None
+        self._epoch = 0
+        self._corrupt_in_epoch = 0
+        self._warned_corrupt = False
+        self._window_start, self._window_images = time.perf_counter(), 0
+
+    def start_epoch(self, epoch: int, first_batch: int) -> None:
+        self._epoch, self._corrupt_in_epoch = epoch, 0
+        self.usage.zero_()
+        self._window_start, self._window_images = time.perf_counter(), 0
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=self.iters,
+                initial=first_batch,
+                desc=f"epoch {epoch + 1}/{self.epochs}",
+                unit="it",
+                dynamic_ncols=True,
+                leave=False,
+            )
+
+    def skipped(self, bad: list[Corrupt]) -> list[str]:
+        """Counts unreadable images (warning once per run); returns their names."""
+        self._corrupt_in_epoch += len(bad)
+        if not self._warned_corrupt:
+            self._warned_corrupt = True
+            log.warning(
+                "skipping unreadable image %s (%s); further ones are counted and reported at "
+                "the end of the epoch",
+                bad[0].name,
+                bad[0].error,
+            )
+        return [b.name for b in bad]
+
+    def step(self, iteration: int, loss: Tensor, lr: float, codes: Tensor, images: int) -> None:
+        """Record one iteration (no host synchronisation)."""
+        self._pending.append((iteration, loss.detach(), lr))
+        self._codes = codes
+        self.usage.index_add_(0, codes.argmax(1), torch.ones(codes.shape[0], device=codes.device))
+        self._window_images += images
+
+    @property
+    def due(self) -> bool:
+        """True when ``log_every`` iterations wait to be flushed."""
+        return len(self._pending) >= self.log_every
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def flush(self, queue_active: bool, checkpoint_hint: str) -> None:
+        """Move the pending losses to the host, check them, write them and a health record.
+
+        Raises ``NonFiniteLossError`` (naming ``checkpoint_hint``) on a NaN or infinite loss."""
+        if not self._pending or self._codes is None:
+            return
+        pending, self._pending = self._pending, []
+        values = torch.stack([p[1] for p in pending]).float().cpu().tolist()
+        entropy, used = (float(v) for v in code_stats(self._codes))
+        self.monitor.check_usage(
+            int(used), self._codes.shape[0], self._codes.shape[1], queue_active
+        )
+        for (it, _, lr), v in zip(pending, values):
+            if not math.isfinite(v):
+                raise NonFiniteLossError(_non_finite_message(v, it, self._epoch, checkpoint_hint))
+            self.monitor.update(it, v)
+            self.writer.write({"iteration": it, "epoch": self._epoch + 1, "loss": v, "lr": lr})
+        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        images_per_s = self._window_images / elapsed
+        self.writer.write(
+            {
+                "kind": "health",
+                "iteration": pending[-1][0],
+                "epoch": self._epoch + 1,
+                "code_entropy": entropy,
+                "prototypes_in_batch": int(used),
+                "images_per_s": images_per_s,
+            }
+        )
+        if self._bar is not None:
+            lr = f"{pending[-1][2]:.3g}"
+            self._bar.set_postfix(loss=f"{values[-1]:.3f}", lr=lr, img_s=f"{images_per_s:.0f}")
+        self.writer.flush()
+        self.last_loss = values[-1]
+        self._window_start, self._window_images = time.perf_counter(), 0
+
+    def end_epoch(self, queue_active: bool, corrupt_total: int) -> None:
+        """Close the epoch's progress bar; write and log the epoch's record."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        used = int((self.usage > 0).sum())
+        epoch = self._epoch + 1
+        if self._corrupt_in_epoch:
+            log.warning(
+                "epoch %d: skipped %d unreadable images (%d in all); see "
+                "checkpoint['corrupt'] for their names",
+                epoch,
+                self._corrupt_in_epoch,
+                corrupt_total,
+            )
+        self.writer.write(
+            {
+                "kind": "epoch",
+                "epoch": epoch,
+                "iteration": epoch * self.iters,
+                "loss": self.last_loss,
+                "prototypes_used": used,
+                "corrupt_images": self._corrupt_in_epoch,
+                "queue": queue_active,
+            }
+        )
+        self.writer.flush()
+        if self.enabled:
+            log.info(
+                "epoch %d/%d  loss %.4f  prototypes used %d/%d",
+                epoch,
+                self.epochs,
+                self.last_loss,
+                used,
+                self.n_prototypes[0],
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.writer.close()
+
+
+def _non_finite_message(value: float, iteration: int, epoch: int, checkpoint: str) -> str:
+    return (
+        f"the loss became {value} at iteration {iteration} (epoch {epoch + 1}); training stopped "
+        f"and the last good checkpoint ({checkpoint}) is intact. Usual causes: a learning rate "
+        "too high for the batch size (try optim.base_lr lower or a longer warmup), fp16 "
+        "overflow (try train.precision=bf16 or fp32), or broken input data."
+    )

@@ -1,0 +1,95 @@
+"""The run directory: the one place that knows its file names and formats.
+
+A run directory holds ``config.yaml`` (the resolved configuration), ``checkpoint.pt`` (the
+latest training state, format ``swav-run/1``), ``metrics.jsonl`` (one JSON object a line),
+``loss.png``, ``tensorboard/``, ``checkpoints/epoch_NNNN.pt`` (periodic copies), ``eval/`` (one
+JSON result per evaluation protocol), and what the demo and the report write.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CHECKPOINT_FORMAT = "swav-run/1"
+"""The ``format`` entry of a run checkpoint; loaders recognise run checkpoints by its prefix."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run directory (nothing is created until something is written)."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, path: str | Path) -> RunDir:
+        return cls(Path(path).expanduser())
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.path / "loss.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def demo_results(self) -> Path:
+        return self.path / "demo_results.json"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "REPORT.md"
+
+    def periodic_checkpoint(self, epoch: int) -> Path:
+        """The copy kept after ``epoch`` epochs (``train.save_every``)."""
+        return self.path / "checkpoints" / f"epoch_{epoch:04d}.pt"
+
+    def eval_result(self, protocol: str) -> Path:
+        return self.eval_dir / f"{protocol}.json"
+
+    def eval_results(self) -> list[Path]:
+        return sorted(self.eval_dir.glob("*.json")) if self.eval_dir.is_dir() else []
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every record of ``metrics.jsonl`` (empty when there is none yet)."""
+        if not self.metrics.exists():
+            return []
+        lines = self.metrics.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def read_config(self) -> dict[str, Any] | None:
+        """The resolved configuration as a plain mapping, or None."""
+        if not self.config.exists():
+            return None
+        return yaml.safe_load(self.config.read_text()) or {}
+
+
+def is_run_checkpoint(obj: Any) -> bool:
+    """True for the contents of a run checkpoint (of any version of the format)."""
+    return isinstance(obj, dict) and str(obj.get("format", "")).startswith("swav-run")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``run_dir/metrics.jsonl``."""
+    return RunDir.of(run_dir).read_metrics()

@@ -1,0 +1,115 @@
+"""Everything a run needs to continue exactly where it stopped, saved and restored by one object.
+
+The checkpoint (format ``swav-run/1``) holds the model, the optimiser, the gradient scaler, the
+feature queue (every rank's, in distributed runs), the position (epoch and next batch), the
+random states, the configuration and its fingerprint, and the names of the images skipped so
+far. The sampler and every crop are seeded from (seed, epoch, index), so nothing else is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from swav.config import Config
+from swav.engine.checkpoint import atomic_save, safe_load
+from swav.engine.distributed import DistInfo
+from swav.engine.run_dir import CHECKPOINT_FORMAT, RunDir
+from swav.engine.runtime import rng_state, set_rng_state
+from swav.errors import SwAVError
+from swav.model.swav import SwAV
+from swav.objective.queue import FeatureQueue
+
+log = logging.getLogger(__name__)
+
+
+class ConfigMismatchError(SwAVError, RuntimeError):
+    """The run directory holds a checkpoint of a different configuration."""
+
+
+def saved_state(run: RunDir, cfg: Config, allow_config_change: bool) -> dict[str, Any] | None:
+    """The run directory's checkpoint, or None; refuses one written with other settings."""
+    if not run.checkpoint.exists():
+        return None
+    state = safe_load(run.checkpoint)
+    if state.get("fingerprint") != cfg.fingerprint() and not allow_config_change:
+        raise ConfigMismatchError(
+            f"{run.path} holds a checkpoint of a different configuration: choose another "
+            "run_dir, or pass --allow-config-change (allow_config_change=True) to resume "
+            "with the new settings"
+        )
+    return state
+
+
+@dataclass
+class RunState:
+    """The training state of a run, with ``state_dict`` / ``load_state_dict`` for checkpoints."""
+
+    cfg: Config
+    dist: DistInfo
+    model: SwAV
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    queue: FeatureQueue | None
+    iters_per_epoch: int
+    epoch: int = 0
+    next_batch: int = 0
+    corrupt: list[str] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint's contents (a collective in distributed runs with a queue: every
+        rank must call it)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "next_batch": self.next_batch,
+            "iteration": self.epoch * self.iters_per_epoch + self.next_batch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "queue": self._queue_state(),
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "fingerprint": self.cfg.fingerprint(),
+            "corrupt": self.corrupt,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.queue is not None and state.get("queue") is not None:
+            q = dict(state["queue"])
+            per_rank = q.pop("per_rank", None)
+            if per_rank is not None and per_rank.shape[0] == self.dist.world_size:
+                q["embeddings"] = per_rank[self.dist.rank]
+            self.queue.load_state_dict(q)
+        self.epoch, self.next_batch = state["epoch"], state["next_batch"]
+        self.corrupt = list(state.get("corrupt", []))
+        set_rng_state(state["rng"])
+
+    def save(self, run: RunDir) -> None:
+        """Write the checkpoint atomically (main process; every process takes part)."""
+        state = self.state_dict()
+        if self.dist.is_main:
+            atomic_save(state, run.checkpoint)
+
+    def _queue_state(self) -> dict[str, Any] | None:
+        if self.queue is None:
+            return None
+        if not self.dist.enabled:
+            return dict(self.queue.state_dict())
+        # every rank's queue, so that each rank resumes with its own
+        emb = self.queue.embeddings
+        parts = [torch.zeros_like(emb) for _ in range(self.dist.world_size)]
+        dist.all_gather(parts, emb.contiguous())
+        return {
+            "embeddings": emb.cpu(),
+            "filled": self.queue.filled,
+            "per_rank": torch.stack(parts).cpu(),
+        }

@@ -1,0 +1,131 @@
+"""One evaluation request, resolved once: the checkpoint, the labelled data (train and test
+splits), the evaluation transform, and where the result goes. Every protocol takes it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swav.data.sources import DataError, ImageSource, limit_source, open_source
+from swav.data.transforms import EvalTransform
+from swav.engine.run_dir import RunDir
+from swav.interop.checkpoints import LoadedModel, load_checkpoint
+from swav.model.features import Features, extract_features
+
+
+@dataclass
+class EvalRequest:
+    """A loaded model and labelled data, ready for any protocol.
+
+    ``batch_size`` is the batch of feature extraction and of the protocols that train;
+    ``cache_dir`` keeps extracted features keyed by checkpoint, data and transform."""
+
+    loaded: LoadedModel
+    data: str
+    train_split: str
+    test_split: str
+    train: ImageSource
+    test: ImageSource
+    transform: EvalTransform
+    seed: int = 0
+    out: Path | None = None
+    cache_dir: str | None = None
+    batch_size: int = 256
+    workers: int = 0
+    progress: bool = False
+    started: float = field(default_factory=time.time)
+
+    def description(self) -> dict[str, Any]:
+        """What was evaluated, for the result record."""
+        return {
+            "checkpoint": self.loaded.meta["source"],
+            "layout": self.loaded.layout,
+            "arch": self.loaded.arch,
+            "data": self.data,
+            "train_split": self.train_split,
+            "test_split": self.test_split,
+            "n_train": len(self.train),
+            "n_test": len(self.test),
+            "size": self.transform.size,
+            "classes": len(self.train.classes),
+        }
+
+    def features(self, source: ImageSource) -> Features:
+        """Features (and prototype scores) of the readable images of ``source``."""
+        key = None
+        if self.cache_dir:
+            src = Path(self.loaded.meta["source"])
+            st = src.stat()
+            key = f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        return extract_features(
+            self.loaded.model,
+            source,
+            self.transform,
+            self.batch_size,
+            self.workers,
+            progress=self.progress,
+            cache_dir=self.cache_dir,
+            cache_key=key,
+        ).valid()
+
+
+def resolve_request(
+    checkpoint: str | Path,
+    data: str | None = None,
+    train_split: str | None = None,
+    test_split: str | None = None,
+    size: int | None = None,
+    limit: int = 0,
+    seed: int = 0,
+    ignore: Iterable[str] = (),
+    download: bool = False,
+    out: str | Path | None = None,
+    cache_dir: str | None = None,
+    batch_size: int = 256,
+    workers: int = 0,
+    progress: bool = False,
+) -> EvalRequest:
+    """Load the checkpoint and the labelled data. Data, splits, image size and normalisation
+    default to the pretraining configuration when the checkpoint carries one (else 224 px,
+    ImageNet statistics)."""
+    loaded = load_checkpoint(checkpoint, ignore=ignore, download=download)
+    dcfg = loaded.pretraining.get("data", {})
+    data = data or dcfg.get("source")
+    if not data:
+        raise DataError("no data given: pass --data (a labelled folder, archive or dataset)")
+    train_split = train_split if train_split is not None else dcfg.get("split", "train")
+    test_split = test_split if test_split is not None else dcfg.get("eval_split", "val")
+    root = dcfg.get("root", "~/.cache/swav/datasets")
+    splits = []
+    for name, split in (("training", train_split), ("test", test_split)):
+        src = limit_source(open_source(data, split, root, download, seed), limit, seed)
+        if not src.labelled:
+            raise DataError(f"the {name} split of {data} has no labels (class folders)")
+        splits.append(src)
+    return EvalRequest(
+        loaded,
+        data,
+        train_split,
+        test_split,
+        splits[0],
+        splits[1],
+        loaded.eval_transform(size),
+        seed,
+        Path(out) if out else None,
+        cache_dir,
+        batch_size,
+        workers,
+        progress,
+    )
+
+
+def default_result_path(checkpoint: str | Path, protocol: str) -> Path:
+    """``RUN_DIR/eval/<protocol>.json`` for a run directory, else
+    ``eval_results/<protocol>.json``."""
+    ck = Path(checkpoint)
+    if ck.is_dir():
+        return RunDir(ck).eval_result(protocol)
+    return Path("eval_results") / f"{protocol}.json"

@@ -1,0 +1,142 @@
+"""The SwAV objective of one training step (SwAV paper, Sec. 3 and Appendix A).
+
+For every prototype head: the scores of the assigned crops (the large ones), preceded by the
+queue's scores against the current prototypes once the queue is in use, go through Sinkhorn-Knopp
+to give the codes of the current batch; every other crop predicts them (the swapped prediction
+loss); the heads' losses are averaged. The current embeddings then enter the queue. During the
+first iterations the prototypes are frozen: their gradients are dropped after the backward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from swav.model.swav import SwAVOutput
+from swav.objective.loss import swapped_prediction_loss
+from swav.objective.queue import FeatureQueue
+from swav.objective.sinkhorn import sinkhorn
+
+
+@dataclass
+class SwAVConfig:
+    epsilon: float = 0.05
+    """Sinkhorn entropy regularisation. The paper's 0.05 is a good default; a larger value makes
+    codes uniform (the loss then sticks at ln K), smaller values give harder assignments and
+    need fp32 (which is always used here)."""
+    sinkhorn_iterations: int = 3
+    """Sinkhorn-Knopp iterations; 3 suffices."""
+    temperature: float = 0.1
+    """Softmax temperature tau of the swapped prediction."""
+    crops_for_assign: list[int] = field(default_factory=lambda: [0, 1])
+    """Crops whose codes are targets: the large crops (codes from small crops hurt)."""
+    queue_length: int = 0
+    """Global number of past embeddings per assigned crop (0: no queue). Needed when the batch is
+    small compared with K (batch < ~K/2); the paper uses 3840 at batch 256. Must be a multiple of
+    the global batch size."""
+    epoch_queue_starts: int = 15
+    """Epoch at which the queue starts filling: early embeddings change too fast to be useful,
+    and a queue started too early can make training unstable."""
+    freeze_prototypes_niters: int = 313
+    """Iterations during which the prototypes do not move (their gradients are dropped). It
+    helps the first steps, when the assignments are random; raise it if the loss sticks at ln K."""
+    global_sinkhorn: bool = True
+    """In distributed training, equipartition over the global batch (all ranks)."""
+
+
+@dataclass
+class SwAVStep:
+    """The loss of one step, and the codes of the first assigned crop (first head), B x K, for
+    the health statistics."""
+
+    loss: Tensor
+    codes: Tensor
+
+
+class SwAVLoss(nn.Module):
+    """Swapped prediction over Sinkhorn codes, with the feature queue and prototype freezing.
+
+    Args:
+        cfg: the objective's settings.
+        embedding_dim: dimension of the embeddings the queue stores.
+        world_size: processes in the run (each holds ``queue_length / world_size`` embeddings).
+    """
+
+    def __init__(self, cfg: SwAVConfig, embedding_dim: int, world_size: int = 1) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.queue: FeatureQueue | None = None
+        if cfg.queue_length:
+            self.queue = FeatureQueue(
+                len(cfg.crops_for_assign), cfg.queue_length // world_size, embedding_dim
+            )
+
+    def queue_in_use(self, epoch: int) -> bool:
+        """The queue is filled (and, once full, used) from ``epoch_queue_starts`` on."""
+        return self.queue is not None and epoch >= self.cfg.epoch_queue_starts
+
+    def queue_active(self, epoch: int) -> bool:
+        """True when this epoch's codes are computed with the queue's embeddings."""
+        return self.queue is not None and self.queue_in_use(epoch) and self.queue.active
+
+    def forward(
+        self, out: SwAVOutput, prototypes: nn.Module, batch_size: int, epoch: int
+    ) -> SwAVStep:
+        """The loss for one forward output over all crops (rows of crop v: v*B to (v+1)*B)."""
+        cfg = self.cfg
+        queue = self.queue if self.queue_in_use(epoch) else None
+        queue_scores = self._queue_scores(queue, prototypes)
+        n_crops = out.embeddings.shape[0] // batch_size
+        losses, first_codes = [], None
+        for h, scores in enumerate(out.scores):
+            per_crop = list(scores.split(batch_size))
+            codes = [
+                self._codes(per_crop[crop], queue_scores.get(crop), h, batch_size)
+                for crop in cfg.crops_for_assign
+            ]
+            if first_codes is None:
+                first_codes = codes[0]
+            losses.append(
+                swapped_prediction_loss(
+                    per_crop[:n_crops], codes, cfg.crops_for_assign, cfg.temperature
+                )
+            )
+        if queue is not None:
+            emb = out.embeddings.detach().split(batch_size)
+            queue.push([emb[c] for c in cfg.crops_for_assign])
+        assert first_codes is not None, "the model has no prototypes"
+        return SwAVStep(torch.stack(losses).mean(), first_codes)
+
+    def _queue_scores(
+        self, queue: FeatureQueue | None, prototypes: nn.Module
+    ) -> dict[int, list[Tensor]]:
+        if queue is None or not queue.active:
+            return {}
+        return {
+            crop: queue.scores(i, prototypes) for i, crop in enumerate(self.cfg.crops_for_assign)
+        }
+
+    @torch.no_grad()
+    def _codes(
+        self, scores: Tensor, queued: Sequence[Tensor] | None, head: int, batch_size: int
+    ) -> Tensor:
+        s = scores.detach()
+        if queued is not None:
+            s = torch.cat([queued[head].to(s.dtype), s])
+        cfg = self.cfg
+        q = sinkhorn(s, cfg.epsilon, cfg.sinkhorn_iterations, distributed=cfg.global_sinkhorn)
+        return q[-batch_size:]
+
+    def freeze_prototypes(self, prototypes: nn.Module | None, iteration: int) -> bool:
+        """Drop the prototypes' gradients during the first ``freeze_prototypes_niters``
+        iterations (call it between the backward pass and the optimiser step). With
+        ``grad = None`` the optimiser skips them entirely: no momentum and no weight decay.
+        Returns True while frozen."""
+        if iteration >= self.cfg.freeze_prototypes_niters or prototypes is None:
+            return False
+        for p in prototypes.parameters():
+            p.grad = None
+        return True
