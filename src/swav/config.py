@@ -329,27 +329,39 @@ def save_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def describe_options() -> list[tuple[str, str, str]]:
-    """(key, default, help) for every option, from the dataclass fields and their docstrings."""
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (its ``--help`` text)."""
     import ast
     import inspect
 
+    docs: dict[str, str] = {}
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError, SyntaxError):
+        return docs
+    node = tree.body[0]
+    body = node.body if isinstance(node, ast.ClassDef) else []
+    for a, b in zip(body, body[1:]):
+        if (
+            isinstance(a, ast.AnnAssign)
+            and isinstance(a.target, ast.Name)
+            and isinstance(b, ast.Expr)
+            and isinstance(b.value, ast.Constant)
+            and isinstance(b.value.value, str)
+        ):
+            docs[a.target.id] = " ".join(b.value.value.split())
+    return docs
+
+
+def describe_options() -> list[tuple[str, str, str]]:
+    """(key, default, help) for every option, from the dataclass fields and their docstrings."""
     rows = []
     for section, f in SECTIONS.items():
         if section == "run_dir":
             rows.append(("run_dir", "runs/swav", "Run directory: config, checkpoints, metrics."))
             continue
-        cls = f.default_factory
-        docs: dict[str, str] = {}
-        try:
-            tree = ast.parse(inspect.getsource(cls))
-            body = tree.body[0].body
-            for a, b in zip(body, body[1:]):
-                if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr):
-                    if isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
-                        docs[a.target.id] = " ".join(b.value.value.split())
-        except (OSError, TypeError, SyntaxError):
-            pass
+        cls: Any = f.default_factory
+        docs = _field_docs(cls)
         inst = cls()
         for sub in dataclasses.fields(inst):
             rows.append(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,9 @@ class MultiCropDataset(Dataset):
     the first item is a ``Decoded`` image with its seed instead.
     """
 
-    def __init__(self, source: ImageSource, transform: MultiCrop, decode_only: bool = False):
+    def __init__(
+        self, source: ImageSource, transform: MultiCrop, decode_only: bool = False
+    ) -> None:
         self.source = source
         self.transform = transform
         self.decode_only = decode_only
@@ -112,7 +115,9 @@ class EpochSampler(Sampler):
             yield i, sample_seed(self.seed, self.epoch, i)
 
 
-def collate_crops(batch):
+def collate_crops(
+    batch: list[Any],
+) -> tuple[list[Any], torch.Tensor, torch.Tensor, list[Corrupt]]:
     """Stacks crops per position; drops and reports corrupt images.
 
     Returns ``(crops, labels, indices, corrupt)`` where ``corrupt`` lists ``Corrupt`` records;

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +81,7 @@ class MultiCrop:
         self,
         config: MultiCropConfig | None = None,
         device: str | torch.device | None = None,
-        **overrides,
+        **overrides: Any,
     ) -> None:
         """``device``: run the crops and the photometric work there (e.g. ``"cuda"``, for when
         the CPU cannot keep up); it implies the tensor backend."""
@@ -127,7 +128,8 @@ class MultiCrop:
         order, grayscale, blur sigma), always drawn in the same order from ``generator``."""
         cfg = self.config
         boxes = [
-            sample_crop_box(height, width, tuple(scale), generator=generator) for _ in range(n)
+            sample_crop_box(height, width, (scale[0], scale[1]), generator=generator)
+            for _ in range(n)
         ]
         u = torch.rand(n, 5, generator=generator).tolist()
         jit = [row[1] < cfg.jitter_prob for row in u]
@@ -226,27 +228,31 @@ class MultiCrop:
             out += list(x.unbind(1))
         return out
 
-    def _photometric(self, crop: Tensor, flip, jitter, gray, sigma) -> Tensor:
+    def _photometric(
+        self, crop: Tensor, flip: bool, jitter: Any, gray: bool, sigma: float | None
+    ) -> Tensor:
         """Flip, jitter, grayscale and blur of one uint8 crop with torch float operations, in
         place where possible; returns floats in [0, 1]."""
         if flip:
             crop = crop.flip(-1)
         x = crop.float().mul_(1.0 / 255.0)
         if jitter is not None:
-            x = color_jitter(x, *jitter, self._active)
+            x = color_jitter(x, jitter[0], jitter[1], self._active)
         if gray:
             x = to_gray(x).expand(3, -1, -1)
         if sigma is not None:
             x = gaussian_blur(x, sigma)
         return x
 
-    def _photometric_pil(self, crop: Tensor, flip, jitter, gray, sigma) -> Tensor:
+    def _photometric_pil(
+        self, crop: Tensor, flip: bool, jitter: Any, gray: bool, sigma: float | None
+    ) -> Tensor:
         """The same operations with Pillow on the uint8 crop (as torchvision's PIL transforms)."""
         im = Image.fromarray(crop.permute(1, 2, 0).numpy())
         if flip:
             im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if jitter is not None:
-            im = jitter_pil(im, *jitter, self._active)
+            im = jitter_pil(im, jitter[0], jitter[1], self._active)
         if gray:
             im = im.convert("L").convert("RGB")
         if sigma is not None:

@@ -172,6 +172,13 @@ def folder_source(root: str | Path, split: str = "") -> ImageSource:
     return ImageSource(items, labels, classes, str(root), names)
 
 
+def _member_bytes(tf: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    f = tf.extractfile(member)
+    if f is None:
+        raise DataError(f"{member.name} in {tf.name!r} is not a regular file")
+    return f.read()
+
+
 def tar_source(path: str | Path, split: str = "") -> ImageSource:
     """Images inside a .tar / .tar.gz / .tgz archive, read in place.
 
@@ -199,7 +206,7 @@ def tar_source(path: str | Path, split: str = "") -> ImageSource:
                 if split not in parts[:-1]:
                     continue
                 parts = parts[parts.index(split) + 1 :]
-            data = tf.extractfile(m).read() if compressed else (str(path), m.offset_data, m.size)
+            data = _member_bytes(tf, m) if compressed else (str(path), m.offset_data, m.size)
             entries.append((m.name, parts, data))
     if not entries:
         where = f" in split {split!r}" if split else ""

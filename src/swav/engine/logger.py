@@ -176,8 +176,8 @@ class TrainLogger:
             }
         )
         if self._bar is not None:
-            lr = f"{pending[-1][2]:.3g}"
-            self._bar.set_postfix(loss=f"{values[-1]:.3f}", lr=lr, img_s=f"{images_per_s:.0f}")
+            shown = {"loss": f"{values[-1]:.3f}", "lr": f"{pending[-1][2]:.3g}"}
+            self._bar.set_postfix(**shown, img_s=f"{images_per_s:.0f}")
         self.writer.flush()
         self.last_loss = values[-1]
         self._window_start, self._window_images = time.perf_counter(), 0

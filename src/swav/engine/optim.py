@@ -4,10 +4,14 @@ rate set every iteration from a precomputed array (linear warmup, then cosine)."
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from swav.errors import UsageError
 
 
 class LARS(torch.optim.Optimizer):
@@ -21,7 +25,7 @@ class LARS(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params,
+        params: Iterable[Any],
         lr: float,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
@@ -34,7 +38,7 @@ class LARS(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -91,6 +95,7 @@ def build_optimizer(
     """``lars`` | ``sgd`` | ``adamw``; with ``exclude_bias_norm``, biases and normalisation
     parameters get no weight decay (and, for LARS, no adaptation)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups: list[dict[str, Any]]
     if exclude_bias_norm:
         regular = [p for n, p in named if not _is_bias_or_norm(n, p)]
         special = [p for n, p in named if _is_bias_or_norm(n, p)]
@@ -105,7 +110,7 @@ def build_optimizer(
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}: choose lars, sgd or adamw")
+    raise UsageError(f"unknown optimizer {name!r}: choose lars, sgd or adamw")
 
 
 def lr_schedule(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -70,7 +71,7 @@ class Trainer:
     forward: Any
     objective: SwAVLoss
     state: RunState
-    schedule: Tensor
+    schedule: np.ndarray
     sampler: EpochSampler
     loader: DataLoader
     transform: MultiCrop
@@ -215,7 +216,7 @@ def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir
     )
 
 
-def _lr_schedule(cfg: Config, world_size: int, iters: int) -> Tensor:
+def _lr_schedule(cfg: Config, world_size: int, iters: int) -> np.ndarray:
     o = cfg.optim
     scale = cfg.train.batch_size * world_size / 256 if o.scale_lr else 1.0
     return lr_schedule(

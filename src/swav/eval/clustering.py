@@ -3,6 +3,8 @@ NMI, ARI and Hungarian-matched accuracy against the labels."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
@@ -29,7 +31,11 @@ def majority_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
     return 100.0 * correct / len(labels)
 
 
-def cluster_metrics(labels, clusters, n_prototypes: int | None = None) -> dict[str, float]:
+def cluster_metrics(
+    labels: np.ndarray | Sequence[int],
+    clusters: np.ndarray | Sequence[int],
+    n_prototypes: int | None = None,
+) -> dict[str, float]:
     labels, clusters = np.asarray(labels), np.asarray(clusters)
     out = {
         "nmi": float(normalized_mutual_info_score(labels, clusters)),

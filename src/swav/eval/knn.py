@@ -28,7 +28,7 @@ def knn_predict(
     labels = train_labels.long()
     c = int(n_classes or int(labels.max()) + 1)
     kmax = min(max(ks), train.shape[0])
-    out = {k: [] for k in ks}
+    out: dict[int, list[Tensor]] = {k: [] for k in ks}
     for start in range(0, test.shape[0], chunk):
         sim = test[start : start + chunk] @ train.t()
         top_sim, top_idx = sim.topk(kmax, dim=1)

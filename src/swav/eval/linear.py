@@ -165,18 +165,37 @@ def linear_eval(
 
         epoch_iter = tqdm(epoch_iter, desc="linear", unit="epoch")
     torch.manual_seed(seed)
+
+    def logits(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            f = trunk(x)
+        return head(f)
+
     for _ in epoch_iter:
-        for x, y, _, ok in loader:
-            x, y = x[ok].to(device), y[ok].to(device)
-            with torch.no_grad():
-                f = trunk(x)
-            loss = F.cross_entropy(head(f), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        classifier_epoch(loader, logits, opt, device)
         sched.step()
     top1, top5 = test_accuracy(lambda x: head(trunk(x)), test_source, transform, batch_size, device)
     return LinearResult(top1, top5, None, epochs, float("nan"))
+
+
+def classifier_epoch(
+    loader: DataLoader,
+    logits: Callable[[Tensor], Tensor],
+    optimizer: torch.optim.Optimizer,
+    device: str | torch.device = "cpu",
+    min_batch: int = 1,
+) -> None:
+    """One epoch of cross-entropy training on the readable images of ``loader``'s
+    ``(image, label, index, readable)`` batches; batches with fewer than ``min_batch`` readable
+    images are skipped."""
+    for x, y, _, ok in loader:
+        x, y = x[ok].to(device), y[ok].to(device)
+        if len(y) < min_batch:
+            continue
+        loss = F.cross_entropy(logits(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
 
 def n_classes(train_source: ImageSource, test_source: ImageSource) -> int:

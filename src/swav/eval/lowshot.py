@@ -5,6 +5,7 @@ cost by cross-validation on those samples, and report mean and spread over sever
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ def lowshot_svm(
     draws: int = 5,
     costs: Sequence[float] = COSTS,
     seed: int = 0,
-) -> dict[int, dict[str, float]]:
+) -> dict[int, dict[str, Any]]:
     """Top-1 accuracy (%) mean / std / chosen costs per k."""
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.svm import LinearSVC

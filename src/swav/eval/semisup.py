@@ -11,14 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from swav.data.sources import DataError, ImageSource
 from swav.data.transforms import EvalTransform, TrainTransform
 from swav.errors import UsageError
-from swav.eval.linear import LinearResult, init_linear, n_classes, test_accuracy
+from swav.eval.linear import (
+    LinearResult,
+    classifier_epoch,
+    init_linear,
+    n_classes,
+    test_accuracy,
+)
 from swav.model.features import ImageDataset
 
 
@@ -44,7 +49,7 @@ def subset_from_file(names: list[str], path: str | Path) -> list[int]:
     missing = [w for w in wanted if w not in index and Path(w).name not in base]
     if missing:
         raise DataError(f"{len(missing)} listed images are not in the data, e.g. {missing[0]}")
-    return sorted(index.get(w, base.get(Path(w).name)) for w in wanted)
+    return sorted(index[w] if w in index else base[Path(w).name] for w in wanted)
 
 
 def finetune(
@@ -89,14 +94,7 @@ def finetune(
     )
     for _ in range(epochs):
         trunk.train()
-        for x, y, _, ok in loader:
-            x, y = x[ok].to(device), y[ok].to(device)
-            if len(y) < 2:
-                continue
-            loss = F.cross_entropy(head(trunk(x)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        classifier_epoch(loader, lambda x: head(trunk(x)), opt, device, min_batch=2)
         sched.step()
     trunk.eval()
     top1, top5 = test_accuracy(lambda x: head(trunk(x)), test_source, transform, batch_size, device)

@@ -13,6 +13,7 @@ from swav.data.sources import ImageSource, load_rgb
 from swav.data.transforms import EvalTransform
 from swav.interop.checkpoints import CheckpointError
 from swav.model.features import extract_features
+from swav.model.swav import SwAV
 
 
 @dataclass
@@ -67,7 +68,7 @@ def _images(paths: list[str], transform: EvalTransform) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(
-    model: nn.Module,
+    model: SwAV,
     classifier: nn.Linear,
     paths: list[str],
     transform: EvalTransform,
@@ -85,7 +86,7 @@ def predict(
 
 
 @torch.no_grad()
-def assign(model: nn.Module, paths: list[str], transform: EvalTransform) -> list[tuple[int, float]]:
+def assign(model: SwAV, paths: list[str], transform: EvalTransform) -> list[tuple[int, float]]:
     """(prototype id, cosine score) of each image's highest-scoring prototype (first head)."""
     model.eval()
     if getattr(model, "prototypes", None) is None:

@@ -20,7 +20,9 @@ from swav.model.stem import fused_stem_applies, stem_bn_relu_pool
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample=None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = Conv2d(inplanes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -42,7 +44,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample=None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -172,7 +176,6 @@ def _timm_backbone(name: str) -> nn.Module:
             f"backbone {name!r} needs timm: pip install 'swav[timm]' (or pip install timm)"
         ) from e
     model = timm.create_model(name, pretrained=False, num_classes=0)
-    model.num_features = int(model.num_features)
     return model
 
 

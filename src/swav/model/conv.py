@@ -17,6 +17,7 @@ otherwise.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,10 @@ from torch import Tensor, nn
 # CPU: measured faster there (ResNet maps of 1, 2 and 3 px, and 4 or 6 px at stride 2), while at
 # 4 x 4 and above oneDNN is as fast or faster (benchmarks/perf.py --only conv)
 TAP_MAX_PIXELS = 9
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _output_size(h: int, w: int, k, stride, pad) -> tuple[int, int]:
@@ -148,8 +153,8 @@ def tap_conv2d(
     """``F.conv2d`` (groups 1, dilation 1, zero padding) as one matrix product per kernel tap
     over the part of the map that tap reads; equal to ``F.conv2d`` up to float rounding.
     Under CPU autocast it computes in the autocast dtype, as ``F.conv2d`` would."""
-    stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
-    padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
+    stride = (stride, stride) if isinstance(stride, int) else (stride[0], stride[1])
+    padding = (padding, padding) if isinstance(padding, int) else (padding[0], padding[1])
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weight = x.to(dtype), weight.to(dtype)
@@ -177,7 +182,13 @@ class Conv2d(nn.Conv2d):
             and self.dilation == (1, 1)
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
-            and uses_tap_path(*input.shape[-2:], self.kernel_size, self.stride, self.padding)
+            and uses_tap_path(
+                input.shape[-2],
+                input.shape[-1],
+                _pair(self.kernel_size),
+                _pair(self.stride),
+                _pair(self.padding),
+            )
         ):
-            return tap_conv2d(input, weight, bias, self.stride, self.padding)
+            return tap_conv2d(input, weight, bias, _pair(self.stride), _pair(self.padding))
         return super()._conv_forward(input, weight, bias)

@@ -114,7 +114,7 @@ def extract_features(
     if cache is not None and cache.exists():
         d = torch.load(cache, weights_only=True)
         return Features(d["features"], d["labels"], d.get("scores"), d.get("ok"))
-    model = model.to(device).eval()
+    net: Any = model.to(device).eval()
     feats, scores, labels, oks = [], [], [], []
     batches: Any = image_loader(source, transform, transform.size, batch_size, workers)
     if progress:
@@ -123,9 +123,9 @@ def extract_features(
         batches = tqdm(batches, desc="features", unit="batch")
     for x, y, _, ok in batches:
         x = x.to(device)
-        f = model.forward_backbone(x) if hasattr(model, "forward_backbone") else model(x)
-        if with_scores and getattr(model, "prototypes", None) is not None:
-            scores.append(model.forward_head(f).scores[0].float().cpu())
+        f = net.forward_backbone(x) if hasattr(net, "forward_backbone") else net(x)
+        if with_scores and getattr(net, "prototypes", None) is not None:
+            scores.append(net.forward_head(f).scores[0].float().cpu())
         feats.append(f.float().cpu())
         labels.append(y)
         oks.append(ok)

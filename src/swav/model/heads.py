@@ -89,7 +89,9 @@ class MultiPrototypes(nn.Module):
         return [p(z) for p in self.heads()]
 
 
-def build_prototypes(dim: int, n_prototypes: int | Sequence[int]) -> nn.Module | None:
+def build_prototypes(
+    dim: int, n_prototypes: int | Sequence[int]
+) -> Prototypes | MultiPrototypes | None:
     """``Prototypes`` for an int, ``MultiPrototypes`` for a list, nothing for 0 / []."""
     if isinstance(n_prototypes, int):
         return Prototypes(dim, n_prototypes) if n_prototypes > 0 else None

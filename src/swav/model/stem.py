@@ -22,16 +22,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 _K, _S, _P = 3, 2, 1  # the stem's max-pool: kernel, stride, padding
-_POOL = dict(kernel_size=_K, stride=_S, padding=_P)
 
 
 def _pool_signed(y: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
     """Max-pool of ``y`` per channel, min-pool for the channels flagged ``negative``: the pooled
     values of ``y`` and their flat indices in each H x W plane."""
-    p, idx = F.max_pool2d(y, return_indices=True, **_POOL)
+    p, idx = F.max_pool2d(y, _K, _S, _P, return_indices=True)
     if bool(negative.any()):
         ch = negative.nonzero().flatten()
-        q, qidx = F.max_pool2d(y.index_select(1, ch).neg_(), return_indices=True, **_POOL)
+        q, qidx = F.max_pool2d(y.index_select(1, ch).neg_(), _K, _S, _P, return_indices=True)
         p.index_copy_(1, ch, q.neg_())
         idx.index_copy_(1, ch, qidx)
     return p, idx
@@ -43,6 +42,7 @@ def _moments(y: Tensor) -> tuple[Tensor, Tensor]:
     (``torch.var_mean`` over these dimensions is an order of magnitude slower on the CPU.)"""
     c = y.shape[1]
     m = y.numel() // c
+    dims: int | tuple[int, ...]
     if y.is_contiguous(memory_format=torch.channels_last):
         rows, dims = y.permute(0, 2, 3, 1).reshape(-1, c), 0  # (N H W) x C, no copy
         k = max(1, (1 << 19) // c)  # about 2 MiB of squares at a time
@@ -127,7 +127,7 @@ def stem_bn_relu_pool(y: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     statistics and the pool of ``y`` (see the module docstring); updates the running statistics
     and ``num_batches_tracked`` as the module would."""
     track = bn.track_running_stats and bn.running_mean is not None
-    if track:
+    if track and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
     return _StemPool.apply(
         y,

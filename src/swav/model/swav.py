@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ class SwAV(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        feat_dim = int(backbone.num_features)
+        feat_dim = feature_dim(backbone)
         self.projection_head = projection_head(feat_dim, hidden_mlp, output_dim)
         self.embedding_dim = output_dim if output_dim > 0 else feat_dim
         self.prototypes = build_prototypes(self.embedding_dim, n_prototypes)
@@ -76,7 +77,7 @@ class SwAV(nn.Module):
 
     @property
     def num_features(self) -> int:
-        return int(self.backbone.num_features)
+        return feature_dim(self.backbone)
 
     @property
     def n_prototypes(self) -> list[int]:
@@ -103,6 +104,12 @@ class SwAV(nn.Module):
         if self.training and self.prototypes is not None:
             self.prototypes.normalize_()  # rows back on the unit sphere before every step
         return self.forward_head(self.forward_backbone(crops))
+
+
+def feature_dim(backbone: nn.Module) -> int:
+    """The width of a backbone's pooled features (its ``num_features``)."""
+    n: Any = backbone.num_features
+    return int(n)
 
 
 def _drop_backbone_prefix(module, state_dict, prefix, local_metadata) -> None:

@@ -24,6 +24,9 @@ class FeatureQueue(nn.Module):
         dim: embedding dimension.
     """
 
+    embeddings: Tensor
+    filled: Tensor
+
     def __init__(self, n_crops: int, length: int, dim: int) -> None:
         super().__init__()
         if length <= 0:

@@ -1,0 +1,173 @@
+"""The package's structure, checked from the source so that it stays as documented in
+docs/architecture.md: layering of imports, function size, no repeated blocks, annotations."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import defaultdict
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "swav"
+
+# Lower layers never import higher ones (data -> model -> objective -> config -> engine ->
+# interop -> eval -> viz / report / demo -> cli). The package's __init__ is the public facade.
+LAYERS = {
+    "swav.errors": 0,
+    "swav.data": 1,
+    "swav.model": 2,
+    "swav.objective": 3,
+    "swav.config": 4,
+    "swav.engine": 5,
+    "swav.interop": 6,
+    "swav.eval": 7,
+    "swav.viz": 8,
+    "swav.report": 8,
+    "swav.demo": 8,
+    "swav.cli": 9,
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _layer(module: str) -> int | None:
+    for prefix in sorted(LAYERS, key=len, reverse=True):
+        if module == prefix or module.startswith(prefix + "."):
+            return LAYERS[prefix]
+    return None
+
+
+def _sources() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+def _imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Every swav module imported anywhere in the file (lazy imports inside functions too)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = module.split(".") if is_package else module.split(".")[:-1]
+                pkg = pkg[: len(pkg) - node.level + 1]
+                base = ".".join([*pkg, base] if base else pkg)
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}
+    return {m for m in found if m.startswith("swav.") or m == "swav"}
+
+
+def test_every_module_has_a_layer():
+    missing = [_module_name(p) for p in _sources() if p.parent != SRC or p.stem != "__init__"]
+    missing = [m for m in missing if _layer(m) is None]
+    assert not missing, f"modules without a layer in LAYERS: {missing}"
+
+
+def test_no_module_imports_from_a_layer_above_it():
+    violations = []
+    for path in _sources():
+        module = _module_name(path)
+        own = _layer(module)
+        if own is None:  # the package facade
+            continue
+        tree = ast.parse(path.read_text())
+        for imported in _imports(tree, module, path.stem == "__init__"):
+            layer = _layer(imported)
+            if layer is not None and layer > own:
+                violations.append(f"{module} (layer {own}) imports {imported} (layer {layer})")
+    assert not violations, "\n".join(violations)
+
+
+def test_the_layer_check_can_fail():
+    tree = ast.parse("from swav.engine.train import pretrain\nimport swav.cli\n")
+    found = _imports(tree, "swav.model.swav", False)
+    assert {_layer(m) for m in found} == {5, 9}
+
+
+MAX_LINES = 80
+
+
+def test_no_function_is_longer_than_80_lines():
+    long = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_LINES:
+                    long.append(f"{_module_name(path)}.{node.name}: {n} lines")
+    assert not long, "\n".join(long)
+
+
+_SKIP = re.compile(r"^(#.*|[\])}(\[{,:]*|\"\"\"|from .* import .*|import .*|\)\s*->.*:)$")
+
+
+def _code_lines(path: Path) -> list[tuple[int, str]]:
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        s = " ".join(line.split())
+        if s and not _SKIP.match(s):
+            out.append((i, s))
+    return out
+
+
+def repeated_blocks(paths: list[Path], size: int = 6) -> list[str]:
+    """Runs of ``size`` consecutive code lines (blank lines, comments, imports and lone
+    brackets left out, white space folded) that stand in two places."""
+    seen: dict[tuple[str, ...], list[str]] = defaultdict(list)
+    for path in paths:
+        lines = _code_lines(path)
+        for k in range(len(lines) - size + 1):
+            window = tuple(s for _, s in lines[k : k + size])
+            seen[window].append(f"{path}:{lines[k][0]}")
+    return [" ~ ".join(places) for places in seen.values() if len(places) > 1]
+
+
+def test_no_block_of_six_lines_is_repeated(tmp_path):
+    repeats = repeated_blocks(_sources())
+    assert not repeats, "\n".join(repeats)
+    # and the check finds one when there is one
+    body = "\n".join(f"    x{i} = f({i})" for i in range(6))
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.py").write_text(f"def {name}():\n{body}\n")
+    assert len(repeated_blocks([tmp_path / "a.py", tmp_path / "b.py"])) == 1
+
+
+def _public_callables(tree: ast.Module):
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            yield node.name, node
+        if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and (
+                    not item.name.startswith("_") or item.name in ("__init__", "__call__")
+                ):
+                    yield f"{node.name}.{item.name}", item
+
+
+def _unannotated(fn: ast.FunctionDef) -> list[str]:
+    args = fn.args
+    params = [*args.posonlyargs, *args.args, *args.kwonlyargs]
+    if params and params[0].arg in ("self", "cls"):
+        params = params[1:]
+    params += [a for a in (args.vararg, args.kwarg) if a is not None]
+    missing = [a.arg for a in params if a.annotation is None]
+    if fn.returns is None:
+        missing.append("return")
+    return missing
+
+
+def test_every_public_function_and_method_is_annotated():
+    bare = []
+    for path in _sources():
+        for name, fn in _public_callables(ast.parse(path.read_text())):
+            missing = _unannotated(fn)
+            if missing:
+                bare.append(f"{_module_name(path)}.{name}: {', '.join(missing)}")
+    assert not bare, "\n".join(bare)
