@@ -14,6 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "swav"
 # interop -> eval -> viz / report / demo -> cli). The package's __init__ is the public facade.
 LAYERS = {
     "swav.errors": 0,
+    "swav.run_length": 0,
     "swav.data": 1,
     "swav.model": 2,
     "swav.objective": 3,

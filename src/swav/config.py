@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from swav import run_length
 from swav.data.multicrop_config import MultiCropConfig
 from swav.data.sources import DataConfig
 from swav.errors import ConfigError
@@ -26,6 +27,8 @@ from swav.model.config import ModelConfig
 from swav.objective.swav_loss import SwAVConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
+ON_COLLAPSE = ("warn", "stop", "recover")
+"""The values of ``train.on_collapse``."""
 
 
 @dataclass
@@ -36,8 +39,8 @@ class OptimConfig:
     """Peak learning rate (reached after warmup)."""
     final_lr: float = 0.0048
     """Learning rate at the end of the cosine schedule."""
-    warmup_epochs: float = 10
-    """Linear warmup length in epochs (0: none)."""
+    warmup_epochs: float | str = 10
+    """Linear warmup length in epochs (0: none), or a percentage of the run's epochs ('5%')."""
     start_warmup: float = 0.3
     """Learning rate at the first warmup iteration."""
     scale_lr: bool = False
@@ -81,9 +84,17 @@ class TrainConfig:
     """Iterations between log lines and host syncs (loss, entropy, prototypes in use)."""
     save_every: int = 0
     """Keep a copy of the checkpoint every N epochs in checkpoints/ (0: only the latest)."""
-    collapse_patience: int = 200
-    """Warn when the loss stays within 1% of ln K for this many iterations after the
-    prototypes are unfrozen."""
+    collapse_patience: int | str = 200
+    """Iterations (or a percentage of the run's, '3%') that the collapse signals (uniform codes,
+    embeddings collapsed to one point, loss at ln K) must last, after the prototypes are
+    unfrozen, before the run counts as collapsed."""
+    on_collapse: str = "recover"
+    """What a collapsed run does: 'warn' (log the evidence and what to change, go on), 'stop'
+    (raise CollapseError; checkpoint_healthy.pt holds the last healthy state) or 'recover'
+    (rewind to the last healthy checkpoint and change what the evidence points to: learning
+    rate, epsilon, queue start, prototype freezing; each change is logged)."""
+    max_recoveries: int = 3
+    """Recoveries allowed before a run that keeps collapsing stops with CollapseError."""
 
 
 @dataclass
@@ -102,7 +113,8 @@ class Config:
     def fingerprint(self) -> str:
         """Hash of the settings that define a run (not of run-length or logistics settings)."""
         d = self.to_dict()
-        for key in ("epochs", "log_every", "save_every", "device", "iters_per_epoch"):
+        logistics = ("epochs", "log_every", "save_every", "device", "iters_per_epoch")
+        for key in (*logistics, "on_collapse", "max_recoveries"):
             d["train"].pop(key)
         for key in ("workers", "root", "download", "eval_split"):
             d["data"].pop(key)
@@ -252,6 +264,51 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     return cfg
 
 
+def _check_run_length(value: float | str, key: str) -> None:
+    """A number >= 0, or a percentage of the run between 0 and 100."""
+    try:
+        p = run_length.percentage(value)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from e
+    if p is None:
+        _check(float(value) >= 0, key, f"must be >= 0 or a percentage like '5%', got {value}")
+    else:
+        _check(p <= 100, key, f"a percentage of the run must be at most 100%, got {value}")
+
+
+def resolve_run_length(cfg: Config, iters_per_epoch: int) -> tuple[Config, list[str]]:
+    """A copy of ``cfg`` whose schedule settings are absolute for this run (percentages
+    resolved against ``train.epochs`` and ``iters_per_epoch``), and one line per setting that
+    was resolved or that the run does not reach, for the log."""
+    out = config_from_dict(cfg.to_dict())
+    epochs, total = cfg.train.epochs, cfg.train.epochs * iters_per_epoch
+    notes = []
+    s, o = out.swav, out.optim
+    warm = run_length.resolve(o.warmup_epochs, epochs)
+    queue = int(round(run_length.resolve(s.epoch_queue_starts, epochs)))
+    freeze = int(round(run_length.resolve(s.freeze_prototypes_niters, total)))
+    t = out.train
+    t.collapse_patience = max(1, int(round(run_length.resolve(t.collapse_patience, total))))
+    for key, given, value, unit, limit in (
+        ("optim.warmup_epochs", o.warmup_epochs, warm, "epochs", epochs),
+        ("swav.epoch_queue_starts", s.epoch_queue_starts, queue, "epochs", epochs),
+        ("swav.freeze_prototypes_niters", s.freeze_prototypes_niters, freeze, "iterations", total),
+    ):
+        if isinstance(given, str):
+            notes.append(f"{key} = {given} of {limit} {unit}: {value:g}")
+        if (
+            value >= limit
+            and value > 0
+            and not (key == "swav.epoch_queue_starts" and not s.queue_length)
+        ):
+            notes.append(
+                f"{key} = {given} reaches past the end of this run ({limit} {unit}); give it as "
+                "a percentage of the run (e.g. '5%') to keep its intent when the run is shorter"
+            )
+    o.warmup_epochs, s.epoch_queue_starts, s.freeze_prototypes_niters = warm, queue, freeze
+    return out, notes
+
+
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{key}: {msg}")
@@ -271,7 +328,7 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
     )
     _check(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
     _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
-    _check(o.warmup_epochs >= 0, "optim.warmup_epochs", f"must be >= 0, got {o.warmup_epochs}")
+    _check_run_length(o.warmup_epochs, "optim.warmup_epochs")
     _check(o.lars_eta > 0, "optim.lars_eta", f"must be > 0, got {o.lars_eta}")
     _check(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
     _check(t.batch_size >= 2, "train.batch_size", f"must be >= 2, got {t.batch_size}")
@@ -283,7 +340,13 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
     _check(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     _check(t.iters_per_epoch >= 0, "train.iters_per_epoch", "must be >= 0")
     _check(t.save_every >= 0, "train.save_every", "must be >= 0")
-    _check(t.collapse_patience >= 1, "train.collapse_patience", "must be >= 1")
+    _check_run_length(t.collapse_patience, "train.collapse_patience")
+    _check(
+        t.on_collapse in ON_COLLAPSE,
+        "train.on_collapse",
+        f"must be one of {', '.join(ON_COLLAPSE)}; got {t.on_collapse!r}",
+    )
+    _check(t.max_recoveries >= 0, "train.max_recoveries", "must be >= 0")
     _check(cfg.data.workers >= 0, "data.workers", f"must be >= 0, got {cfg.data.workers}")
     _check(cfg.data.limit >= 0, "data.limit", f"must be >= 0, got {cfg.data.limit}")
     _check(
@@ -295,8 +358,8 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
     _check(s.epsilon > 0, "swav.epsilon", f"must be > 0, got {s.epsilon}")
     _check(s.temperature > 0, "swav.temperature", f"must be > 0, got {s.temperature}")
     _check(s.sinkhorn_iterations >= 1, "swav.sinkhorn_iterations", "must be >= 1")
-    _check(s.freeze_prototypes_niters >= 0, "swav.freeze_prototypes_niters", "must be >= 0")
-    _check(s.epoch_queue_starts >= 0, "swav.epoch_queue_starts", "must be >= 0")
+    _check_run_length(s.freeze_prototypes_niters, "swav.freeze_prototypes_niters")
+    _check_run_length(s.epoch_queue_starts, "swav.epoch_queue_starts")
     cfg.multicrop.validate()
     n_crops = cfg.multicrop.total_crops
     _check(n_crops >= 2, "multicrop.n_crops", f"need at least 2 crops in all, got {n_crops}")

@@ -51,18 +51,3 @@ def test_usage_warning_when_queue_concentrates_codes(caplog):
         assert m.check_usage(3, 64, 100, queue_active=True)
     assert "epoch_queue_starts" in caplog.text
     assert not m.check_usage(3, 64, 100, queue_active=True)  # once
-
-
-def test_collapse_warning_after_patience(caplog):
-    import math
-
-    from swav.engine.health import CollapseMonitor
-
-    m = CollapseMonitor([50], patience=5, start_iteration=3)
-    ln_k = math.log(50)
-    with caplog.at_level("WARNING"):
-        fired = [m.update(i, ln_k * 1.001) for i in range(10)]
-    assert fired.index(True) == 7  # iterations 3..7 are the first 5 counted
-    assert "freeze_prototypes_niters" in caplog.text
-    m2 = CollapseMonitor([50], patience=5, start_iteration=0)
-    assert not any(m2.update(i, ln_k * 0.8) for i in range(20))

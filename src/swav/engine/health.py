@@ -1,14 +1,25 @@
-"""Training health: is the loss finite, are the codes spread over the prototypes?
+"""Training health: is the loss finite, and is the run learning or collapsing?
 
-The collapse SwAV is known for shows as a loss stuck at ln K (uniform codes: every image gets the
-same, uninformative assignment). ``CollapseMonitor`` watches for it after the prototypes are
-unfrozen; ``code_stats`` gives the entropy of the codes and the prototypes they use.
+The collapse SwAV is known for: the codes become uniform (every image gets the same,
+uninformative assignment) and the loss settles at ln K. Signals that lead the loss, read at
+every flush of the logger after the prototypes are unfrozen:
+
+- **code entropy**: the mean entropy of the first assigned crop's Sinkhorn codes. Uniform codes
+  have entropy ln K; healthy runs stay well below (0.3 to 0.8 ln K on the demo);
+- **embedding spread**: the standard deviation of the embeddings across the batch, averaged
+  over dimensions and scaled by sqrt(d) (1 for embeddings spread evenly on the sphere). A network
+  that maps every image to the same point drives it to 0;
+- **the loss** within 1 % of ln K.
+
+A run whose signals stay collapsed for ``patience`` iterations is declared collapsed, with the
+evidence; ``train.on_collapse`` chooses what follows (see ``swav.engine.recovery``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -16,17 +27,34 @@ from swav.errors import SwAVError
 
 log = logging.getLogger(__name__)
 
+UNIFORM_CODES = 0.98
+"""Code entropy, as a fraction of ln K, from which the codes count as uniform."""
+FLAT_SPREAD = 0.05
+"""Embedding spread (scaled by sqrt(d)) under which the embeddings count as collapsed."""
+
 COLLAPSE_ADVICE = (
-    "the assignments look collapsed to uniform (loss within 1% of ln K). Things that help: "
-    "keep swav.epsilon at 0.05 or lower it (a large epsilon makes codes uniform); freeze the "
-    "prototypes longer (swav.freeze_prototypes_niters); with small batches use a queue "
-    "(swav.queue_length = 10-20x the global batch) and start it later (swav.epoch_queue_starts); "
-    "lower the learning rate or lengthen the warmup."
+    "Things that help: keep swav.epsilon at 0.05 or lower it (a large epsilon makes codes "
+    "uniform); freeze the prototypes longer (swav.freeze_prototypes_niters); with small batches "
+    "use fewer prototypes or a queue (swav.queue_length = 10-20x the global batch, "
+    "model.n_prototypes <= batch + queue) and start it later (swav.epoch_queue_starts); lower "
+    "the learning rate or lengthen the warmup; or let the run recover by itself "
+    "(train.on_collapse=recover)."
+)
+
+QUEUE_ADVICE = (
+    "since the queue started, the codes of each batch concentrate on very few prototypes "
+    "(the queue's equipartition no longer spreads the current batch). Start the queue later "
+    "(swav.epoch_queue_starts), once the features have settled, or shorten it "
+    "(swav.queue_length)."
 )
 
 
 class NonFiniteLossError(SwAVError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class CollapseError(SwAVError, RuntimeError):
+    """Training collapsed and was asked to stop (or could not recover)."""
 
 
 def code_stats(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,25 +65,96 @@ def code_stats(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return entropy, used
 
 
-QUEUE_ADVICE = (
-    "since the queue started, the codes of each batch concentrate on very few prototypes "
-    "(the queue's equipartition no longer spreads the current batch). Start the queue later "
-    "(swav.epoch_queue_starts), once the features have settled, or shorten it "
-    "(swav.queue_length)."
-)
+@dataclass
+class Collapse:
+    """A declared collapse and its evidence."""
+
+    iteration: int
+    since: int
+    uniform_codes: bool
+    flat_embeddings: bool
+    loss_at_ln_k: bool
+    entropy_ratio: float
+    spread: float | None
+    queue_active: bool
+
+    def describe(self) -> str:
+        signs = []
+        if self.flat_embeddings:
+            signs.append(f"embeddings collapsed to one point (spread {self.spread:.3f})")
+        if self.uniform_codes:
+            signs.append(f"uniform codes (entropy {self.entropy_ratio:.3f} ln K)")
+        if self.loss_at_ln_k:
+            signs.append("loss at ln K")
+        queue = ", with the queue in use" if self.queue_active else ""
+        return (
+            f"training collapsed at iteration {self.iteration} (since {self.since}{queue}): "
+            + "; ".join(signs)
+        )
 
 
 class CollapseMonitor:
-    """Warns once when the loss stays within 1% of ln K for ``patience`` iterations."""
+    """Declares a collapse when the signals stay collapsed for ``patience`` iterations after
+    ``start_iteration`` (the end of the prototype freezing); warns about a queue that
+    concentrates the codes.
 
-    def __init__(self, n_prototypes: list[int], patience: int, start_iteration: int) -> None:
+    Args:
+        n_prototypes: K of each head (the codes checked are the first head's).
+        patience: iterations the signals must stay collapsed.
+        start_iteration: first iteration checked.
+        embedding_dim: d, to scale the spread (None: the spread is not checked).
+    """
+
+    def __init__(
+        self,
+        n_prototypes: list[int],
+        patience: int,
+        start_iteration: int,
+        embedding_dim: int | None = None,
+    ) -> None:
+        self.ln_k = math.log(n_prototypes[0])
         self.reference = sum(math.log(k) for k in n_prototypes) / len(n_prototypes)
-        self.patience = patience
-        self.start = start_iteration
-        self.streak = 0
-        self.warned = False
+        self.patience, self.start = patience, start_iteration
+        self.scale = math.sqrt(embedding_dim) if embedding_dim else None
+        self.since: int | None = None
+        self.declared = False
         self.warned_queue = False
-        self.queue_active = False
+
+    @property
+    def healthy(self) -> bool:
+        """False while the signals look collapsed."""
+        return self.since is None
+
+    def restart(self, start_iteration: int) -> None:
+        """Forget the current episode; check again from ``start_iteration`` (after a recovery)."""
+        self.start, self.since, self.declared = start_iteration, None, False
+
+    def observe(
+        self,
+        losses: list[tuple[int, float]],
+        entropy: float,
+        spread: float | None,
+        queue_active: bool,
+    ) -> Collapse | None:
+        """Read one flush's signals (losses per iteration, then the last step's code entropy
+        and spread); the collapse, the first time it is declared."""
+        first, last = losses[0][0], losses[-1][0]
+        if last < self.start:
+            return None
+        ratio = entropy / self.ln_k if self.ln_k > 0 else 0.0
+        scaled = None if spread is None or self.scale is None else spread * self.scale
+        uniform = ratio >= UNIFORM_CODES
+        flat = scaled is not None and scaled < FLAT_SPREAD
+        at_ln_k = all(abs(v - self.reference) <= 0.01 * self.reference for _, v in losses)
+        if not (uniform or flat or at_ln_k):
+            self.since, self.declared = None, False
+            return None
+        if self.since is None:
+            self.since = max(first, self.start)
+        if self.declared or last - self.since + 1 < self.patience:
+            return None
+        self.declared = True
+        return Collapse(last, self.since, uniform, flat, at_ln_k, ratio, scaled, queue_active)
 
     def check_usage(self, used: int, batch: int, n_prototypes: int, queue_active: bool) -> bool:
         """Warns once when, with the queue on, a batch's codes use under 10% of the prototypes
@@ -66,27 +165,6 @@ class CollapseMonitor:
             self.warned_queue = True
             log.warning(
                 "only %d prototypes in use for a batch of %d: %s", used, batch, QUEUE_ADVICE
-            )
-            return True
-        return False
-
-    def update(self, iteration: int, loss: float) -> bool:
-        """True the first time the warning fires."""
-        if iteration < self.start:
-            return False
-        if abs(loss - self.reference) <= 0.01 * self.reference:
-            self.streak += 1
-        else:
-            self.streak = 0
-        if self.streak >= self.patience and not self.warned:
-            self.warned = True
-            log.warning(
-                "iteration %d: loss %.4f vs ln K = %.4f for %d iterations: %s",
-                iteration,
-                loss,
-                self.reference,
-                self.streak,
-                COLLAPSE_ADVICE,
             )
             return True
         return False

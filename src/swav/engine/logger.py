@@ -11,13 +11,14 @@ import json
 import logging
 import math
 import time
+from dataclasses import asdict
 from typing import IO, Any
 
 import torch
 from torch import Tensor
 
 from swav.data.loader import Corrupt
-from swav.engine.health import CollapseMonitor, NonFiniteLossError, code_stats
+from swav.engine.health import Collapse, CollapseMonitor, NonFiniteLossError, code_stats
 from swav.engine.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class TrainLogger:
         self.last_loss = float("nan")
         self._pending: list[tuple[int, Tensor, float]] = []
         self._codes: Tensor | None = None
+        self._spread: Tensor | None = None
         self._bar: Any = None
         self._epoch = 0
         self._corrupt_in_epoch = 0
@@ -130,10 +132,18 @@ class TrainLogger:
             )
         return [b.name for b in bad]
 
-    def step(self, iteration: int, loss: Tensor, lr: float, codes: Tensor, images: int) -> None:
+    def step(
+        self,
+        iteration: int,
+        loss: Tensor,
+        lr: float,
+        codes: Tensor,
+        images: int,
+        spread: Tensor | None = None,
+    ) -> None:
         """Record one iteration (no host synchronisation)."""
         self._pending.append((iteration, loss.detach(), lr))
-        self._codes = codes
+        self._codes, self._spread = codes, spread
         self.usage.index_add_(0, codes.argmax(1), torch.ones(codes.shape[0], device=codes.device))
         self._window_images += images
 
@@ -146,23 +156,25 @@ class TrainLogger:
         if self._bar is not None:
             self._bar.update(1)
 
-    def flush(self, queue_active: bool, checkpoint_hint: str) -> None:
-        """Move the pending losses to the host, check them, write them and a health record.
+    def flush(self, queue_active: bool, checkpoint_hint: str) -> Collapse | None:
+        """Move the pending losses to the host, check them, write them and a health record;
+        the collapse, when the health signals declare one now.
 
         Raises ``NonFiniteLossError`` (naming ``checkpoint_hint``) on a NaN or infinite loss."""
         if not self._pending or self._codes is None:
-            return
+            return None
         pending, self._pending = self._pending, []
         values = torch.stack([p[1] for p in pending]).float().cpu().tolist()
         entropy, used = (float(v) for v in code_stats(self._codes))
-        self.monitor.check_usage(
-            int(used), self._codes.shape[0], self._codes.shape[1], queue_active
-        )
+        spread = None if self._spread is None else float(self._spread)
+        batch, k = self._codes.shape
+        self.monitor.check_usage(int(used), batch, k, queue_active)
         for (it, _, lr), v in zip(pending, values):
             if not math.isfinite(v):
                 raise NonFiniteLossError(_non_finite_message(v, it, self._epoch, checkpoint_hint))
-            self.monitor.update(it, v)
             self.writer.write({"iteration": it, "epoch": self._epoch + 1, "loss": v, "lr": lr})
+        losses = [(it, v) for (it, _, _), v in zip(pending, values)]
+        collapse = self.monitor.observe(losses, entropy, spread, queue_active)
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
         images_per_s = self._window_images / elapsed
         self.writer.write(
@@ -172,15 +184,26 @@ class TrainLogger:
                 "epoch": self._epoch + 1,
                 "code_entropy": entropy,
                 "prototypes_in_batch": int(used),
+                "embedding_spread": spread,
+                "healthy": self.monitor.healthy,
                 "images_per_s": images_per_s,
             }
         )
+        if collapse is not None:
+            log.warning("%s", collapse.describe())
+            self.writer.write({"kind": "collapse", **asdict(collapse)})
         if self._bar is not None:
             shown = {"loss": f"{values[-1]:.3f}", "lr": f"{pending[-1][2]:.3g}"}
             self._bar.set_postfix(**shown, img_s=f"{images_per_s:.0f}")
         self.writer.flush()
         self.last_loss = values[-1]
         self._window_start, self._window_images = time.perf_counter(), 0
+        return collapse
+
+    def record(self, kind: str, **fields: Any) -> None:
+        """Write one record of ``kind`` (a recovery, the end of the run) and flush."""
+        self.writer.write({"kind": kind, **fields})
+        self.writer.flush()
 
     def end_epoch(self, queue_active: bool, corrupt_total: int) -> None:
         """Close the epoch's progress bar; write and log the epoch's record."""
@@ -206,6 +229,7 @@ class TrainLogger:
                 "prototypes_used": used,
                 "corrupt_images": self._corrupt_in_epoch,
                 "queue": queue_active,
+                "healthy": self.monitor.healthy,
             }
         )
         self.writer.flush()

@@ -34,6 +34,12 @@ class RunDir:
         return self.path / "checkpoint.pt"
 
     @property
+    def healthy_checkpoint(self) -> Path:
+        """The last checkpoint written while the run's health signals were good (what a
+        collapsed run recovers from)."""
+        return self.path / "checkpoint_healthy.pt"
+
+    @property
     def config(self) -> Path:
         return self.path / "config.yaml"
 

@@ -2,14 +2,16 @@
 
 The checkpoint (format ``swav-run/1``) holds the model, the optimiser, the gradient scaler, the
 feature queue (every rank's, in distributed runs), the position (epoch and next batch), the
-random states, the configuration and its fingerprint, and the names of the images skipped so
-far. The sampler and every crop are seeded from (seed, epoch, index), so nothing else is needed.
+random states, the configuration and its fingerprint, the names of the images skipped so far,
+and the settings changed by recoveries from collapse. The sampler and every crop are seeded
+from (seed, epoch, index), so nothing else is needed.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +20,7 @@ import torch.distributed as dist
 from swav.config import Config
 from swav.engine.checkpoint import atomic_save, safe_load
 from swav.engine.distributed import DistInfo
+from swav.engine.recovery import Adjustments
 from swav.engine.run_dir import CHECKPOINT_FORMAT, RunDir
 from swav.engine.runtime import rng_state, set_rng_state
 from swav.errors import SwAVError
@@ -59,6 +62,7 @@ class RunState:
     epoch: int = 0
     next_batch: int = 0
     corrupt: list[str] = field(default_factory=list)
+    adjustments: Adjustments = field(default_factory=Adjustments)
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint's contents (a collective in distributed runs with a queue: every
@@ -76,6 +80,7 @@ class RunState:
             "config": self.cfg.to_dict(),
             "fingerprint": self.cfg.fingerprint(),
             "corrupt": self.corrupt,
+            "recovery": self.adjustments.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -91,13 +96,14 @@ class RunState:
             self.queue.load_state_dict(q)
         self.epoch, self.next_batch = state["epoch"], state["next_batch"]
         self.corrupt = list(state.get("corrupt", []))
+        self.adjustments = Adjustments.from_state(state.get("recovery"))
         set_rng_state(state["rng"])
 
-    def save(self, run: RunDir) -> None:
+    def save(self, path: Path) -> None:
         """Write the checkpoint atomically (main process; every process takes part)."""
         state = self.state_dict()
         if self.dist.is_main:
-            atomic_save(state, run.checkpoint)
+            atomic_save(state, path)
 
     def _queue_state(self) -> dict[str, Any] | None:
         if self.queue is None:

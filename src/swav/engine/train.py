@@ -8,6 +8,7 @@ data, build the model, objective and optimiser, resume, then run ``train_one_epo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +19,17 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from swav.config import Config, save_config, validate
+from swav.config import Config, resolve_run_length, save_config, validate
 from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
 from swav.data.multicrop import MultiCrop
 from swav.data.sources import training_source
-from swav.engine.checkpoint import keep_copy
+from swav.engine.checkpoint import keep_copy, safe_load
 from swav.engine.curves import plot_loss_curve
 from swav.engine.distributed import DistInfo, any_rank, init_distributed, shutdown
-from swav.engine.health import CollapseMonitor
+from swav.engine.health import COLLAPSE_ADVICE, Collapse, CollapseError, CollapseMonitor
 from swav.engine.logger import TrainLogger
 from swav.engine.optim import build_optimizer, lr_schedule, set_lr
+from swav.engine.recovery import plan_recovery
 from swav.engine.run_dir import RunDir
 from swav.engine.runtime import (
     StopFlag,
@@ -40,7 +42,8 @@ from swav.engine.state import ConfigMismatchError, RunState, saved_state
 from swav.errors import ConfigError
 from swav.model.config import build_from_config
 from swav.model.swav import SwAV
-from swav.objective.swav_loss import SwAVLoss, SwAVStep
+from swav.objective.swav_loss import SwAVConfig, SwAVLoss, SwAVStep
+from swav.run_length import absolute
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,10 @@ class TrainResult:
     interrupted: bool = False
     corrupt: list[str] = field(default_factory=list)
     model: SwAV | None = None
+    healthy: bool = True
+    """False when the run ended with its health signals collapsed."""
+    recoveries: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per recovery from collapse: the evidence and what was changed."""
 
 
 @dataclass
@@ -76,6 +83,7 @@ class Trainer:
     loader: DataLoader
     transform: MultiCrop
     autocast: Any
+    base_swav: SwAVConfig
     logger: TrainLogger | None = None
 
     @property
@@ -84,7 +92,28 @@ class Trainer:
 
     def checkpoint(self, epoch: int, next_batch: int) -> None:
         self.state.epoch, self.state.next_batch = epoch, next_batch
-        self.state.save(self.run)
+        self.state.save(self.run.checkpoint)
+
+    def apply_adjustments(self) -> None:
+        """Put the settings changed by recoveries into the objective."""
+        adj, base, live = self.state.adjustments, self.base_swav, self.objective.cfg
+        live.epsilon = adj.epsilon if adj.epsilon is not None else base.epsilon
+        freeze = int(absolute(base.freeze_prototypes_niters, "swav.freeze_prototypes_niters"))
+        live.freeze_prototypes_niters = max(freeze, adj.freeze_until)
+        queue = adj.queue_start if adj.queue_start is not None else base.epoch_queue_starts
+        live.epoch_queue_starts = queue
+
+    @property
+    def lr_scale(self) -> float:
+        return self.state.adjustments.lr_scale
+
+    def agree(self, collapse: Collapse | None) -> Collapse | None:
+        """The main process's verdict, on every process."""
+        if not self.dist.enabled:
+            return collapse
+        box = [collapse]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
 
     def stop_requested(self, flag: bool) -> bool:
         """Whether any process was asked to stop (a collective in distributed runs)."""
@@ -135,15 +164,21 @@ def _pretrain(
                 "resuming %s at epoch %d, batch %d", run.path, t.state.epoch, t.state.next_batch
             )
         del saved
+    t.apply_adjustments()
 
     # -- the run directory and the logger
     if info.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config)
     t.logger = _build_logger(t, progress)
+    if cfg.train.on_collapse == "recover" and not run.healthy_checkpoint.exists():
+        t.state.save(run.healthy_checkpoint)  # where a collapse in the first epoch rewinds to
 
     # -- the epochs
     interrupted = _train_epochs(t, stop_after_epoch)
+    healthy = t.logger.monitor.healthy
+    recoveries = t.state.adjustments.recoveries
+    t.logger.record("end", epoch=t.state.epoch, healthy=healthy, recoveries=len(recoveries))
     t.logger.close()
     if info.is_main and not interrupted:
         try:
@@ -152,12 +187,23 @@ def _pretrain(
             log.warning("could not draw the loss curve: %s", e)
     done = t.state.epoch
     return TrainResult(
-        run.path, done, done * t.iters, t.logger.last_loss, interrupted, t.state.corrupt, t.core
+        run.path,
+        done,
+        done * t.iters,
+        t.logger.last_loss,
+        interrupted,
+        t.state.corrupt,
+        t.core,
+        healthy,
+        recoveries,
     )
 
 
 def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir) -> Trainer:
-    """Data, model, objective, optimiser and schedule of one training process."""
+    """Data, model, objective, optimiser and schedule of one training process. The trainer's
+    ``cfg`` has the schedule settings resolved for this run's length; the run state keeps the
+    configuration as given (saved with the checkpoint)."""
+    given = cfg
     source = training_source(cfg.data, cfg.train.seed)
     validate(cfg, world_size=info.world_size, dataset_size=len(source))
     configure_determinism(cfg.train.deterministic, device)
@@ -175,6 +221,9 @@ def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir
             f"train.batch_size: {len(source)} images give no full global batch of "
             f"{bs * info.world_size}"
         )
+    cfg, notes = resolve_run_length(given, sampler.batches)
+    for note in notes if info.is_main else []:
+        log.info("schedule: %s", note)
     schedule = _lr_schedule(cfg, info.world_size, sampler.batches)
     o = cfg.optim
     optimizer = build_optimizer(
@@ -189,7 +238,7 @@ def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir
     amp_dtype = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     objective = SwAVLoss(cfg.swav, core.embedding_dim, info.world_size).to(device)
-    state = RunState(cfg, info, core, optimizer, scaler, objective.queue, sampler.batches)
+    state = RunState(given, info, core, optimizer, scaler, objective.queue, sampler.batches)
     model, forward = _wrap(core, cfg, info, device)
 
     transform = MultiCrop(cfg.multicrop)
@@ -213,6 +262,7 @@ def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir
         loader,
         transform,
         autocast,
+        dataclasses.replace(cfg.swav),
     )
 
 
@@ -224,7 +274,7 @@ def _lr_schedule(cfg: Config, world_size: int, iters: int) -> np.ndarray:
         o.final_lr * scale,
         cfg.train.epochs,
         iters,
-        o.warmup_epochs,
+        absolute(o.warmup_epochs, "optim.warmup_epochs"),
         o.start_warmup * scale,
     )
 
@@ -246,7 +296,10 @@ def _wrap(core: SwAV, cfg: Config, info: DistInfo, device: torch.device) -> tupl
 def _build_logger(t: Trainer, progress: bool) -> TrainLogger:
     cfg = t.cfg
     monitor = CollapseMonitor(
-        t.core.n_prototypes, cfg.train.collapse_patience, cfg.swav.freeze_prototypes_niters
+        t.core.n_prototypes,
+        int(absolute(cfg.train.collapse_patience, "train.collapse_patience")),
+        int(absolute(t.objective.cfg.freeze_prototypes_niters, "swav.freeze_prototypes_niters")),
+        t.core.embedding_dim,
     )
     return TrainLogger(
         t.run,
@@ -264,28 +317,82 @@ def _build_logger(t: Trainer, progress: bool) -> TrainLogger:
 def _train_epochs(t: Trainer, stop_after_epoch: int | None) -> bool:
     """Runs the remaining epochs; True when the run stopped before its last epoch."""
     assert t.logger is not None
+    epochs = t.cfg.train.epochs
     with StopFlag() as stop:
-        for epoch in range(t.state.epoch, t.cfg.train.epochs):
+        epoch = t.state.epoch
+        while epoch < epochs:
             first = t.state.next_batch if epoch == t.state.epoch else 0
-            if train_one_epoch(t, epoch, first, stop):
+            outcome = train_one_epoch(t, epoch, first, stop)
+            if isinstance(outcome, Collapse):
+                _after_collapse(t, outcome, epoch)
+                epoch = t.state.epoch
+                continue
+            if outcome:
                 return True
             t.logger.end_epoch(t.objective.queue_active(epoch), len(t.state.corrupt))
             t.checkpoint(epoch + 1, 0)
-            every = t.cfg.train.save_every
-            if t.dist.is_main and every and (epoch + 1) % every == 0:
-                keep_copy(t.run.checkpoint, t.run.periodic_checkpoint(epoch + 1))
+            _keep_copies(t, epoch + 1)
+            epoch += 1
             if t.stop_requested(stop.set) or (
-                stop_after_epoch is not None and epoch + 1 >= stop_after_epoch
+                stop_after_epoch is not None and epoch >= stop_after_epoch
             ):
-                return epoch + 1 < t.cfg.train.epochs
+                return epoch < epochs
     return False
 
 
-def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) -> bool:
+def _keep_copies(t: Trainer, epochs_done: int) -> None:
+    """The periodic copy (``train.save_every``) and, while the run is healthy, the copy a
+    collapse would rewind to."""
+    assert t.logger is not None
+    every = t.cfg.train.save_every
+    if t.dist.is_main and every and epochs_done % every == 0:
+        keep_copy(t.run.checkpoint, t.run.periodic_checkpoint(epochs_done))
+    recover = t.cfg.train.on_collapse == "recover"
+    if t.dist.is_main and recover and t.logger.monitor.healthy:
+        keep_copy(t.run.checkpoint, t.run.healthy_checkpoint)
+
+
+def _after_collapse(t: Trainer, collapse: Collapse, epoch: int) -> None:
+    """``train.on_collapse`` = stop: raise; recover: rewind to the last healthy checkpoint and
+    change what the evidence points to (each change logged and recorded)."""
+    assert t.logger is not None
+    done = t.state.adjustments.recoveries
+    if t.cfg.train.on_collapse == "stop" or len(done) >= t.cfg.train.max_recoveries:
+        why = "" if t.cfg.train.on_collapse == "stop" else f" after {len(done)} recoveries"
+        raise CollapseError(
+            f"{collapse.describe()}; stopped{why}. {t.run.checkpoint} is the last epoch's state"
+            f"{f' and {t.run.healthy_checkpoint} the last healthy one' if done else ''}. "
+            + COLLAPSE_ADVICE
+        )
+    current = t.state.adjustments
+    t.state.load_state_dict(safe_load(t.run.healthy_checkpoint))
+    restart = t.state.epoch * t.iters + t.state.next_batch
+    adjusted, changes = plan_recovery(
+        collapse,
+        current,
+        t.objective.cfg.epsilon,
+        int(absolute(t.base_swav.freeze_prototypes_niters, "swav.freeze_prototypes_niters")),
+        restart,
+        epoch,
+        t.cfg.train.epochs,
+        t.iters,
+    )
+    t.state.adjustments = adjusted
+    if "queue" in changes and t.objective.queue is not None:
+        t.objective.queue.reset()
+    t.apply_adjustments()
+    t.logger.monitor.restart(int(absolute(t.objective.cfg.freeze_prototypes_niters, "freeze")))
+    for what, change in changes.items():
+        log.warning("recovering from collapse: %s %s", what, change)
+    t.logger.record("recovery", iteration=collapse.iteration, rewound_to=restart, **changes)
+
+
+def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) -> bool | Collapse:
     """One pass over this process's share of the data, from ``first_batch`` on.
 
     Returns True when a stop signal ended the epoch early (a checkpoint is then written at the
-    next batch, so the run resumes there)."""
+    next batch, so the run resumes there), the collapse when the health signals declared one
+    and ``train.on_collapse`` is not ``warn``, else False."""
     assert t.logger is not None
     logger, hint = t.logger, str(t.run.checkpoint)
     t.sampler.set_epoch(epoch, first_batch)
@@ -298,20 +405,26 @@ def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) ->
         crops = _to_device(t, crops)
         if crops is None:
             continue
-        lr = float(t.schedule[iteration])
+        lr = float(t.schedule[iteration]) * t.lr_scale
         set_lr(t.state.optimizer, lr)
         step = training_step(t, crops, iteration, epoch)
-        logger.step(iteration, step.loss, lr, step.codes, crops[0].shape[0] * t.dist.world_size)
+        images = crops[0].shape[0] * t.dist.world_size
+        logger.step(iteration, step.loss, lr, step.codes, images, step.spread)
         stop_now = stop.set
         if t.dist.enabled:  # ranks agree on when to stop, at log boundaries only
             stop_now = logger.due and any_rank(stop.set, t.device)
+        collapse = None
         if logger.due or stop_now:
-            logger.flush(t.objective.queue_active(epoch), hint)
+            collapse = t.agree(logger.flush(t.objective.queue_active(epoch), hint))
         logger.advance()
         if stop_now:
             t.checkpoint(epoch, batch_idx + 1)
             return True
-    logger.flush(t.objective.queue_active(epoch), hint)
+        if collapse is not None and t.cfg.train.on_collapse != "warn":
+            return collapse
+    collapse = t.agree(logger.flush(t.objective.queue_active(epoch), hint))
+    if collapse is not None and t.cfg.train.on_collapse != "warn":
+        return collapse
     return False
 
 

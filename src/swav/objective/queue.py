@@ -65,6 +65,13 @@ class FeatureQueue(nn.Module):
         self.filled.add_(b).clamp_(max=self.length)
         self._count = min(self.length, self._count + b)
 
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Empty the queue (it fills again from the next push)."""
+        self.embeddings.zero_()
+        self.filled.zero_()
+        self._count = 0
+
     def scores(self, crop: int, prototypes: nn.Module) -> list[Tensor]:
         """Scores of the stored embeddings of one assigned crop against the current prototypes,
         one tensor per prototype head."""

@@ -19,6 +19,7 @@ from swav.model.swav import SwAVOutput
 from swav.objective.loss import swapped_prediction_loss
 from swav.objective.queue import FeatureQueue
 from swav.objective.sinkhorn import sinkhorn
+from swav.run_length import absolute
 
 
 @dataclass
@@ -37,12 +38,15 @@ class SwAVConfig:
     """Global number of past embeddings per assigned crop (0: no queue). Needed when the batch is
     small compared with K (batch < ~K/2); the paper uses 3840 at batch 256. Must be a multiple of
     the global batch size."""
-    epoch_queue_starts: int = 15
-    """Epoch at which the queue starts filling: early embeddings change too fast to be useful,
-    and a queue started too early can make training unstable."""
-    freeze_prototypes_niters: int = 313
-    """Iterations during which the prototypes do not move (their gradients are dropped). It
-    helps the first steps, when the assignments are random; raise it if the loss sticks at ln K."""
+    epoch_queue_starts: int | str = 15
+    """Epoch at which the queue starts filling, or a percentage of the run's epochs ('7.5%': 15
+    of 200, 1 of 10). Early embeddings change too fast to be useful, and a queue started too
+    early can make training unstable; one that never starts leaves a small batch facing K
+    prototypes alone (the loss then sticks at ln K)."""
+    freeze_prototypes_niters: int | str = 313
+    """Iterations during which the prototypes do not move (their gradients are dropped), or a
+    percentage of the run's iterations ('0.5%'). It helps the first steps, when the assignments
+    are random; raise it if the loss sticks at ln K."""
     global_sinkhorn: bool = True
     """In distributed training, equipartition over the global batch (all ranks)."""
 
@@ -54,6 +58,9 @@ class SwAVStep:
 
     loss: Tensor
     codes: Tensor
+    spread: Tensor
+    """Mean over dimensions of the standard deviation of the first crop's embeddings across the
+    batch: near 0 when the network maps every image to the same point (collapse)."""
 
 
 class SwAVLoss(nn.Module):
@@ -76,7 +83,8 @@ class SwAVLoss(nn.Module):
 
     def queue_in_use(self, epoch: int) -> bool:
         """The queue is filled (and, once full, used) from ``epoch_queue_starts`` on."""
-        return self.queue is not None and epoch >= self.cfg.epoch_queue_starts
+        start = absolute(self.cfg.epoch_queue_starts, "swav.epoch_queue_starts")
+        return self.queue is not None and epoch >= start
 
     def queue_active(self, epoch: int) -> bool:
         """True when this epoch's codes are computed with the queue's embeddings."""
@@ -108,7 +116,8 @@ class SwAVLoss(nn.Module):
             emb = out.embeddings.detach().split(batch_size)
             queue.push([emb[c] for c in cfg.crops_for_assign])
         assert first_codes is not None, "the model has no prototypes"
-        return SwAVStep(torch.stack(losses).mean(), first_codes)
+        spread = out.embeddings[:batch_size].detach().float().std(dim=0).mean()
+        return SwAVStep(torch.stack(losses).mean(), first_codes, spread)
 
     def _queue_scores(
         self, queue: FeatureQueue | None, prototypes: nn.Module
@@ -135,7 +144,8 @@ class SwAVLoss(nn.Module):
         iterations (call it between the backward pass and the optimiser step). With
         ``grad = None`` the optimiser skips them entirely: no momentum and no weight decay.
         Returns True while frozen."""
-        if iteration >= self.cfg.freeze_prototypes_niters or prototypes is None:
+        frozen = absolute(self.cfg.freeze_prototypes_niters, "swav.freeze_prototypes_niters")
+        if iteration >= frozen or prototypes is None:
             return False
         for p in prototypes.parameters():
             p.grad = None

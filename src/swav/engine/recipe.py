@@ -1,0 +1,161 @@
+"""A recipe for one's own images: settings chosen from the data and the hardware.
+
+``swav pretrain --data PATH`` without a preset starts from this recipe instead of the ImageNet
+one. Each choice comes with its reason, printed at the start of the run; every value can still
+be overridden with ``key=value``. The rules:
+
+- **crops** follow the images' typical size: the large crops at about the images' shorter side
+  (32, 64, 96, 160 or 224 px), the small ones at half of that; 2 + 4 crops on a CPU, 2 + 6 on GPUs;
+- **backbone**: ResNet-50 on GPUs for 200k images or more, else ResNet-18 (with the small-image
+  stem for crops of 40 px or less);
+- **batch**: 64 per process on a CPU, 256 per GPU (64 for ResNet-50 at 160 px or more);
+- **prototypes** K: about one per 20 images (at least 100, at most 3000, the paper's value);
+- **queue**: when the global batch is smaller than 1.5 K, past embeddings make up the
+  difference, so that each Sinkhorn problem has more rows than prototypes (the paper's small-
+  batch recipe: 256 + 3840 for K = 3000); never more than a quarter of the data, and K is
+  lowered when that cap binds. The queue starts after 10 % of the run;
+- **schedule**: LARS at 0.6 x batch / 256 with a warmup of 5 % of the run, prototypes frozen
+  for the first 2 %, and collapse handled by recovery.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from swav.data.sources import ImageSource, load_rgb, open_source
+from swav.engine.runtime import cpu_supports_bf16
+
+CROP_SIZES = (32, 64, 96, 160, 224)
+
+
+@dataclass
+class Recipe:
+    """Overrides (``key -> value``) and the reason for each."""
+
+    settings: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def set(self, key: str, value: Any, reason: str) -> None:
+        self.settings[key] = value
+        self.reasons[key] = reason
+
+    def overrides(self) -> list[str]:
+        """The settings as ``key=value`` overrides (lists in YAML flow style)."""
+        out = []
+        for k, v in self.settings.items():
+            text = "[" + ",".join(str(x) for x in v) + "]" if isinstance(v, list) else str(v)
+            out.append(f"{k}={text}")
+        return out
+
+    def describe(self) -> list[str]:
+        return [f"{k} = {v}  ({self.reasons[k]})" for k, v in self.settings.items()]
+
+
+def typical_size(source: ImageSource, samples: int = 64) -> int:
+    """The median shorter side of up to ``samples`` images spread over the source."""
+    n = len(source)
+    step = max(1, n // samples)
+    sides = []
+    for i in range(0, n, step):
+        try:
+            img = load_rgb(source[i][0])
+        except Exception:  # unreadable images are the loader's business
+            continue
+        sides.append(min(img.size))
+        if len(sides) >= samples:
+            break
+    return int(statistics.median(sides)) if sides else 224
+
+
+def suggest_recipe(
+    source: str, split: str = "", gpus: int | None = None, size: int | None = None
+) -> Recipe:
+    """Settings for pretraining on ``source`` (a folder or archive) on this machine."""
+    data = open_source(source, split)
+    n = len(data)
+    side = size or typical_size(data)
+    gpus = torch.cuda.device_count() if gpus is None else gpus
+    r = Recipe()
+    r.set("data.source", source, "the data given")
+    if split:
+        r.set("data.split", split, "the split given")
+    _crops(r, side, gpus)
+    _model(r, n, gpus, r.settings["multicrop.sizes"][0])
+    batch = _batch(r, gpus, r.settings["model.arch"], r.settings["multicrop.sizes"][0])
+    _prototypes_and_queue(r, n, batch * max(1, gpus))
+    _schedule(r, batch * max(1, gpus), gpus)
+    return r
+
+
+def _crops(r: Recipe, side: int, gpus: int) -> None:
+    large = max([s for s in CROP_SIZES if s <= max(side, CROP_SIZES[0]) * 1.2] or [32])
+    small = max(16, large // 2 if large < 224 else 96)
+    n_small = 6 if gpus else 4
+    why = f"images about {side} px on their shorter side"
+    r.set("multicrop.sizes", [large, small], why)
+    r.set("multicrop.n_crops", [2, n_small], "2 large + 6 small on GPUs, 2 + 4 on a CPU")
+    scale_small = [0.05, 0.14] if large >= 160 else [0.1, 0.3]
+    r.set("multicrop.min_scale", [0.14 if large >= 160 else 0.3, scale_small[0]], why)
+    r.set("multicrop.max_scale", [1.0, scale_small[1]], why)
+    if large <= 64:
+        r.set("multicrop.blur_prob", 0.0, "small images: blur erases most of their detail")
+
+
+def _model(r: Recipe, n: int, gpus: int, large: int) -> None:
+    if gpus and n >= 200_000:
+        r.set("model.arch", "resnet50", f"{n} images on {gpus} GPU(s)")
+    else:
+        where = f"{gpus} GPU(s)" if gpus else "a CPU"
+        r.set("model.arch", "resnet18", f"{n} images on {where}")
+    r.set("model.small_stem", large <= 40, f"{large} px crops")
+    r.set("model.hidden_mlp", 2048, "the paper's projection head")
+    r.set("model.output_dim", 128, "the paper's embedding size")
+
+
+def _batch(r: Recipe, gpus: int, arch: str, large: int) -> int:
+    if not gpus:
+        precision = "bf16" if cpu_supports_bf16() else "fp32"
+        r.set("train.batch_size", 64, f"CPU training ({precision})")
+        return 64
+    batch = 64 if arch == "resnet50" and large >= 160 else 256
+    r.set("train.batch_size", batch, f"per GPU, {arch} at {large} px")
+    return batch
+
+
+def _prototypes_and_queue(r: Recipe, n: int, global_batch: int) -> None:
+    k = int(min(3000, max(100, round(n / 20, -1))))
+    queue = 0
+    if global_batch < 1.5 * k:
+        cap = (n // 4) // global_batch * global_batch
+        queue = min(math.ceil((1.5 * k - global_batch) / global_batch) * global_batch, cap)
+        if global_batch + queue < 1.5 * k:
+            k = max(10, int((global_batch + queue) / 1.5) // 10 * 10)
+    r.set("model.n_prototypes", [k], f"about one per 20 of the {n} images, 100 to 3000")
+    if queue:
+        r.set(
+            "swav.queue_length",
+            queue,
+            f"batch {global_batch} + queue {queue} >= 1.5 K, at most a quarter of the data",
+        )
+        r.set("swav.epoch_queue_starts", "10%", "after the first, fast-changing tenth of the run")
+    else:
+        r.set("swav.queue_length", 0, f"the batch of {global_batch} covers K = {k}")
+
+
+def _schedule(r: Recipe, global_batch: int, gpus: int) -> None:
+    lr = round(0.6 * global_batch / 256, 4)
+    r.set("optim.optimizer", "lars", "the reference optimiser")
+    r.set("optim.base_lr", lr, f"0.6 x batch / 256 (batch {global_batch})")
+    r.set("optim.final_lr", round(lr / 1000, 7), "base / 1000 at the end of the cosine")
+    r.set("optim.warmup_epochs", "5%", "5 % of the run")
+    r.set("optim.start_warmup", 0.0, "warm up from 0")
+    r.set("optim.lars_exclude_bias_norm", True, "no LARS or decay on biases and norms")
+    r.set("swav.freeze_prototypes_niters", "2%", "prototypes fixed for the first 2 % of the run")
+    r.set("train.epochs", 200 if gpus else 30, "a useful length on this hardware")
+    r.set("train.collapse_patience", "2%", "collapse declared after 2 % of the run")
+    r.set("train.on_collapse", "recover", "rewind and adjust if the run collapses")

@@ -1,0 +1,141 @@
+"""Collapse: the monitor's signals, schedules that follow the run's length, and what a run does
+when it collapses (warn, stop, recover)."""
+
+import math
+
+import pytest
+
+from swav.config import build_config, presets, resolve_run_length
+from swav.engine.health import CollapseError, CollapseMonitor
+from swav.engine.run_dir import read_metrics
+from swav.engine.train import pretrain
+from swav.errors import ConfigError
+from tests.conftest import tiny_overrides
+
+LN50 = math.log(50)
+
+
+def _flush(m, first, n, loss, entropy, spread=0.9 / 4, queue=False):
+    return m.observe([(i, loss) for i in range(first, first + n)], entropy, spread, queue)
+
+
+def test_monitor_declares_each_signal_after_patience():
+    # uniform codes (entropy at ln K) with a healthy spread and a falling loss
+    m = CollapseMonitor([50], patience=20, start_iteration=10, embedding_dim=16)
+    assert _flush(m, 0, 10, 3.0, LN50) is None  # before the start: not counted
+    assert _flush(m, 10, 10, 3.0, LN50) is None  # 10 of 20
+    c = _flush(m, 20, 10, 3.0, LN50)
+    assert c is not None and c.uniform_codes and not c.flat_embeddings and c.since == 10
+    assert not m.healthy and _flush(m, 30, 10, 3.0, LN50) is None  # declared once
+    assert _flush(m, 40, 10, 3.0, 0.5 * LN50) is None and m.healthy  # recovered by itself
+    # embeddings collapsed to one point
+    m = CollapseMonitor([50], patience=10, start_iteration=0, embedding_dim=16)
+    c = _flush(m, 0, 10, 3.0, 0.5 * LN50, spread=0.001)
+    assert c is not None and c.flat_embeddings and not c.uniform_codes
+    # the loss at ln K
+    m = CollapseMonitor([50], patience=10, start_iteration=0, embedding_dim=16)
+    c = _flush(m, 0, 10, LN50 * 1.001, 0.5 * LN50)
+    assert c is not None and c.loss_at_ln_k and "ln K" in c.describe()
+
+
+def test_monitor_stays_quiet_on_healthy_signals():
+    m = CollapseMonitor([50], patience=5, start_iteration=0, embedding_dim=16)
+    for first in range(0, 200, 10):
+        assert _flush(m, first, 10, 0.8 * LN50, 0.6 * LN50) is None
+    assert m.healthy
+
+
+@pytest.mark.parametrize("name", presets())
+def test_every_preset_shortened_to_a_tenth_keeps_its_schedule_inside_the_run(name):
+    cfg = build_config(name)
+    epochs = max(1, cfg.train.epochs // 10)
+    short = build_config(name, [f"train.epochs={epochs}"])
+    iters = 1_281_167 // 4096 if name.startswith("imagenet") else 50
+    resolved, notes = resolve_run_length(short, iters)
+    total = epochs * iters
+    assert resolved.optim.warmup_epochs < epochs, notes
+    assert resolved.swav.freeze_prototypes_niters < 0.5 * total, notes
+    assert resolved.train.collapse_patience < total, notes
+    if resolved.swav.queue_length:
+        assert resolved.swav.epoch_queue_starts < epochs, notes
+    assert not any("past the end" in n for n in notes), notes
+
+
+def test_percentages_resolve_against_the_run():
+    cfg = build_config(
+        None,
+        tiny_overrides(
+            "/tmp/unused",
+            **{
+                "train.epochs": 20,
+                "optim.warmup_epochs": "10%",
+                "swav.epoch_queue_starts": "25%",
+                "swav.queue_length": 32,
+                "swav.freeze_prototypes_niters": "5%",
+                "train.collapse_patience": "50%",
+            },
+        ),
+    )
+    resolved, notes = resolve_run_length(cfg, 10)
+    assert resolved.optim.warmup_epochs == 2.0
+    assert resolved.swav.epoch_queue_starts == 5
+    assert resolved.swav.freeze_prototypes_niters == 10
+    assert resolved.train.collapse_patience == 100
+    assert any("25% of 20 epochs: 5" in n for n in notes)
+    assert cfg.swav.epoch_queue_starts == "25%"  # the given configuration is left as it was
+    late = build_config(
+        None,
+        tiny_overrides("/tmp/unused", **{"swav.queue_length": 32, "swav.epoch_queue_starts": 15}),
+    )
+    assert any("past the end" in n for n in resolve_run_length(late, 3)[1])
+    for bad in ("train.collapse_patience=abc", "swav.epoch_queue_starts=150%"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            build_config(None, tiny_overrides("/tmp/unused") + [bad])
+
+
+# A run forced to collapse: epsilon this large makes every code uniform from the first step.
+FORCED = {
+    "swav.epsilon": 2.0,
+    "train.epochs": 3,
+    "train.iters_per_epoch": 8,
+    "train.log_every": 2,
+    "train.collapse_patience": 6,
+    "swav.freeze_prototypes_niters": 2,
+}
+
+
+def _health(run):
+    return [m for m in read_metrics(run) if m.get("kind") == "health"]
+
+
+def test_forced_collapse_is_detected_within_a_bounded_number_of_iterations(tmp_path):
+    run = tmp_path / "warn"
+    cfg = build_config(None, tiny_overrides(run, **FORCED, **{"train.on_collapse": "warn"}))
+    r = pretrain(cfg, progress=False)
+    assert r.epochs_done == 3 and not r.healthy  # warned and went on
+    collapses = [m for m in read_metrics(run) if m.get("kind") == "collapse"]
+    assert len(collapses) == 1 and collapses[0]["uniform_codes"]
+    # freezing (2) + patience (6) + one flush interval (2)
+    assert collapses[0]["iteration"] <= 2 + 6 + 2
+    assert read_metrics(run)[-1] == {"kind": "end", "epoch": 3, "healthy": False, "recoveries": 0}
+
+
+def test_forced_collapse_stops_when_asked(tmp_path):
+    run = tmp_path / "stop"
+    cfg = build_config(None, tiny_overrides(run, **FORCED, **{"train.on_collapse": "stop"}))
+    with pytest.raises(CollapseError, match="uniform codes"):
+        pretrain(cfg, progress=False)
+
+
+def test_recover_returns_a_collapsed_run_to_non_uniform_codes(tmp_path):
+    run = tmp_path / "recover"
+    overrides = {**FORCED, "train.epochs": 6, "train.on_collapse": "recover"}
+    cfg = build_config(None, tiny_overrides(run, **overrides, **{"train.max_recoveries": 6}))
+    r = pretrain(cfg, progress=False)
+    assert r.epochs_done == 6 and r.healthy and r.recoveries
+    assert all("epsilon" in rec for rec in r.recoveries)  # uniform codes, spread embeddings
+    records = [m for m in read_metrics(run) if m.get("kind") == "recovery"]
+    assert len(records) == len(r.recoveries)
+    last = _health(run)[-3:]
+    assert all(h["code_entropy"] < 0.98 * math.log(20) for h in last)
+    assert read_metrics(run)[-1]["healthy"] is True
