@@ -1,25 +1,40 @@
-"""Quality benchmark: pretrain a preset on CPU for a few epochs, then compare the trained
-backbone with a randomly initialised one under kNN (k = 20, 200), the fast linear probe and
-prototype clustering (NMI). Records the command, run time and peak memory.
+"""Quality benchmark: does pretraining learn, at a budget a 2-core CPU affords?
 
-    python benchmarks/quality.py --name cifar10 --preset cifar10 -- \
-        data.source=../shared/data/cifar10-jpg.tar.gz data.limit=10000 train.epochs=4 ...
+Trains one configuration (a preset, or the recipe ``swav pretrain --data`` would choose, plus
+overrides) epoch by epoch, and after every epoch measures the backbone under kNN (k = 20, 200)
+on held-out images; at the end also the fast linear probe and prototype clustering (NMI). The
+same network randomly initialised is measured once. With ``--peer lightly`` it trains lightly's
+SwAV pieces (``SwaVProjectionHead``, ``SwaVPrototypes``, ``SwaVLoss``, lightly's LARS and
+queue) on the same network, crops, batches and number of steps, with the optimiser, learning
+rate, prototypes and schedule of lightly's own ImageNet benchmark script (its warm-up and
+queue start are scaled to the shorter run), and records it beside ours.
+
+    python benchmarks/quality.py --name imagenette64 --data ../shared/data/imagenette-96.tar.gz \
+        --peer lightly -- multicrop.sizes=[64,32] train.epochs=12
+
+Results go to benchmarks/results/quality_<name>.json (``python benchmarks/report.py`` renders
+them into RESULTS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
-from swav.config import build_config
+from swav.config import Config, build_config, resolve_run_length
 from swav.demo import heldout_features
+from swav.engine.recipe import suggest_recipe
+from swav.engine.run_dir import RunDir
 from swav.engine.train import pretrain
 from swav.eval.clustering import cluster_metrics
 from swav.eval.knn import knn_accuracy
@@ -35,62 +50,123 @@ def peak_rss_mb() -> float:
     return max(own, kids) / 1024.0
 
 
-def evaluate(model, cfg, eval_limit: int, probe_epochs: int) -> dict:
+def evaluate(model: nn.Module, cfg: Config, eval_limit: int, probe_epochs: int = 0) -> dict:
+    """kNN (k = 20, 200) on held-out images; with ``probe_epochs`` also the fast linear probe
+    and, when the model has prototypes, their clustering NMI."""
     t = time.time()
     ftr, fte = heldout_features(model, cfg, eval_limit)
     knn = knn_accuracy(ftr.features, ftr.labels, fte.features, fte.labels, (20, 200))
-    probe = linear_probe_features(
-        ftr.features, ftr.labels, fte.features, fte.labels, epochs=probe_epochs
-    )
-    out = {
-        "knn_k20": knn[20]["top1"],
-        "knn_k200": knn[200]["top1"],
-        "linear_fast": probe.top1,
-        "n_train": len(ftr.labels),
-        "n_test": len(fte.labels),
-    }
-    if fte.scores is not None:
-        c = cluster_metrics(fte.labels.numpy(), fte.scores.argmax(1).numpy())
-        out.update(nmi=c["nmi"], prototypes_used=c["prototypes_used"])
+    out: dict[str, Any] = {"knn_k20": knn[20]["top1"], "knn_k200": knn[200]["top1"]}
+    if probe_epochs:
+        probe = linear_probe_features(
+            ftr.features, ftr.labels, fte.features, fte.labels, epochs=probe_epochs
+        )
+        out["linear_fast"] = probe.top1
+        if fte.scores is not None:
+            c = cluster_metrics(fte.labels.numpy(), fte.scores.argmax(1).numpy())
+            out.update(nmi=c["nmi"], prototypes_used=c["prototypes_used"])
+    out["n_train"], out["n_test"] = len(ftr.labels), len(fte.labels)
     out["eval_seconds"] = round(time.time() - t, 1)
     return out
+
+
+def loss_health(losses: list[tuple[int, int, float]], ln_k: float, warmup: int) -> dict:
+    """Mean loss per epoch, and the share of iterations after the warm-up whose loss sat within
+    1 % of ln K (uniform codes), from (iteration, epoch, loss) rows."""
+    by_epoch: dict[int, list[float]] = {}
+    for _, epoch, loss in losses:
+        by_epoch.setdefault(epoch, []).append(loss)
+    late = [loss for it, _, loss in losses if it >= warmup]
+    near = sum(abs(v - ln_k) <= 0.01 * ln_k for v in late)
+    return {
+        "ln_k": ln_k,
+        "epoch_loss": {e: sum(v) / len(v) for e, v in sorted(by_epoch.items())},
+        "after_warmup_near_ln_k": near / max(1, len(late)),
+    }
+
+
+def warmup_iterations(cfg: Config, iters_per_epoch: int) -> int:
+    resolved, _ = resolve_run_length(cfg, iters_per_epoch)
+    return int(float(resolved.optim.warmup_epochs) * iters_per_epoch)
+
+
+def run_ours(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    curve, t0 = [], time.time()
+    result = None
+    for epoch in range(1, cfg.train.epochs + 1):
+        result = pretrain(cfg, progress=False, stop_after_epoch=epoch)
+        assert result.model is not None
+        row = {"epoch": epoch, "train_seconds": round(time.time() - t0, 1)}
+        final = epoch == cfg.train.epochs
+        model = result.model.cpu().eval()
+        row.update(evaluate(model, cfg, args.eval_limit, args.probe_epochs if final else 0))
+        curve.append(row)
+        print(json.dumps(row), flush=True)
+        t0 += row["eval_seconds"]  # training time only
+    assert result is not None
+    run = RunDir.of(cfg.run_dir)
+    rows = [(m["iteration"], m["epoch"], m["loss"]) for m in run.read_metrics() if "kind" not in m]
+    iters = result.iterations // max(1, cfg.train.epochs)
+    ln_k = sum(math.log(k) for k in cfg.model.n_prototypes) / len(cfg.model.n_prototypes)
+    return {
+        "curve": curve,
+        "final": curve[-1],
+        "iterations": result.iterations,
+        "healthy": result.healthy,
+        "recoveries": result.recoveries,
+        "loss": loss_health(rows, ln_k, warmup_iterations(cfg, iters)),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)
-    ap.add_argument("--preset", required=True)
+    ap.add_argument("--preset", default=None, help="a preset (default: the --data recipe)")
+    ap.add_argument("--data", default=None, help="data for the recipe (no preset)")
     ap.add_argument("--eval-limit", type=int, default=0)
     ap.add_argument("--probe-epochs", type=int, default=50)
+    ap.add_argument("--peer", choices=["none", "lightly", "only-lightly"], default="none")
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     run_dir = args.run_dir or f"runs/bench_{args.name}"
-    cfg = build_config(args.preset, [*args.overrides, f"run_dir={run_dir}"])
-    torch.manual_seed(cfg.train.seed)
-    t = time.time()
-    result = pretrain(cfg, progress=False)
-    train_s = time.time() - t
-    trained = result.model.cpu().eval()
+    recipe: list[str] = []
+    if args.preset is None:
+        r = suggest_recipe(args.data, "train")
+        recipe = r.overrides()
+        print("\n".join(r.describe()), flush=True)
+    cfg = build_config(args.preset, [*recipe, *args.overrides, f"run_dir={run_dir}"])
     torch.manual_seed(cfg.train.seed)
     random_model = build_from_config(cfg.model).eval()
-    record = {
+    record: dict[str, Any] = {
         "name": args.name,
         "command": "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "preset": args.preset,
-        "overrides": args.overrides,
-        "epochs": result.epochs_done,
-        "iterations": result.iterations,
-        "train_seconds": round(train_s, 1),
-        "final_loss": result.last_loss,
+        "preset": args.preset or "recipe",
+        "settings": recipe + list(args.overrides),
         "threads": torch.get_num_threads(),
-        "trained": evaluate(trained, cfg, args.eval_limit, args.probe_epochs),
+        "cpu": _cpu(),
         "random_init": evaluate(random_model, cfg, args.eval_limit, args.probe_epochs),
     }
+    print(json.dumps(record["random_init"]), flush=True)
+    if args.peer != "only-lightly":
+        record["ours"] = run_ours(cfg, args)
+    if args.peer != "none":
+        from lightly_swav import run_lightly
+
+        record["lightly"] = run_lightly(cfg, args, evaluate)
     record["peak_rss_mb"] = round(peak_rss_mb(), 0)
     out = HERE / "results" / f"quality_{args.name}.json"
-    out.write_text(json.dumps(record, indent=2))
-    print(json.dumps(record, indent=2))
+    if out.exists() and args.peer == "only-lightly":
+        previous = json.loads(out.read_text())
+        previous["lightly"] = record["lightly"]
+        record = previous
+    out.write_text(json.dumps(record, indent=1))
+    print(f"written {out}")
+
+
+def _cpu() -> str:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "AMX / AVX-512 BF16" if "amx_bf16" in flags or "avx512_bf16" in flags else "AVX2"
 
 
 if __name__ == "__main__":

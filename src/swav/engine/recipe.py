@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from swav.data.sources import ImageSource, load_rgb, open_source
+from swav.data.sources import DataError, ImageSource, load_rgb, open_source
 from swav.engine.runtime import cpu_supports_bf16
 
 CROP_SIZES = (32, 64, 96, 160, 224)
@@ -82,14 +82,29 @@ def suggest_recipe(
     gpus = torch.cuda.device_count() if gpus is None else gpus
     r = Recipe()
     r.set("data.source", source, "the data given")
-    if split:
-        r.set("data.split", split, "the split given")
+    r.set("data.split", split, "the split given" if split else "every image")
+    held_out = _held_out_split(source, split)
+    if held_out:
+        r.set("data.eval_split", held_out, "the held-out split found beside it")
     _crops(r, side, gpus)
     _model(r, n, gpus, r.settings["multicrop.sizes"][0])
     batch = _batch(r, gpus, r.settings["model.arch"], r.settings["multicrop.sizes"][0])
     _prototypes_and_queue(r, n, batch * max(1, gpus))
     _schedule(r, batch * max(1, gpus), gpus)
     return r
+
+
+def _held_out_split(source: str, split: str) -> str | None:
+    """A split beside ``split`` to evaluate on (val, test, ...), if the data has one."""
+    if not split:
+        return None
+    for name in ("val", "test", "valid", "validation"):
+        try:
+            open_source(source, name)
+        except DataError:
+            continue
+        return name
+    return None
 
 
 def _crops(r: Recipe, side: int, gpus: int) -> None:
