@@ -139,3 +139,53 @@ def test_recover_returns_a_collapsed_run_to_non_uniform_codes(tmp_path):
     last = _health(run)[-3:]
     assert all(h["code_entropy"] < 0.98 * math.log(20) for h in last)
     assert read_metrics(run)[-1]["healthy"] is True
+
+
+def _collapse(**kw):
+    from swav.engine.health import Collapse
+
+    base = dict(
+        iteration=100,
+        since=80,
+        uniform_codes=False,
+        flat_embeddings=False,
+        loss_at_ln_k=False,
+        entropy_ratio=0.5,
+        spread=0.5,
+        queue_active=False,
+    )
+    return Collapse(**{**base, **kw})
+
+
+def test_recovery_changes_what_the_evidence_points_to():
+    from swav.engine.recovery import Adjustments, plan_recovery
+
+    def plan(c, **kw):
+        args = dict(
+            epsilon=0.05,
+            freeze_iters=10,
+            restart_iteration=60,
+            epoch=3,
+            epochs=20,
+            iters_per_epoch=20,
+        )
+        return plan_recovery(c, Adjustments(), **{**args, **kw})
+
+    adj, changes = plan(_collapse(flat_embeddings=True, uniform_codes=True, spread=0.01))
+    assert adj.lr_scale == 0.5 and "learning rate" in changes and adj.epsilon is None
+    adj, changes = plan(_collapse(uniform_codes=True, queue_active=True))
+    assert adj.queue_start == 3 + 2 and "queue" in changes and adj.lr_scale == 1.0
+    adj, changes = plan(_collapse(uniform_codes=True), queue_waiting=True)
+    assert adj.queue_start == 60 // 20 and "queue" in changes
+    adj, changes = plan(_collapse(uniform_codes=True))
+    assert adj.epsilon == 0.025 and "epsilon" in changes
+    assert plan(_collapse(uniform_codes=True), epsilon=0.012)[0].epsilon == 0.01  # floor
+    # prototypes frozen again for at least an epoch after the rewind; the record kept
+    assert adj.freeze_until == 60 + 20 and len(adj.recoveries) == 1
+    assert "uniform codes" in adj.recoveries[0]["evidence"]
+    # a second recovery builds on the first
+    again, _ = plan_recovery(
+        _collapse(flat_embeddings=True, spread=0.01), adj, 0.025, 10, 60, 3, 20, 20
+    )
+    assert again.lr_scale == 0.5 and again.epsilon == 0.025 and len(again.recoveries) == 2
+    assert Adjustments.from_state(again.state_dict()) == again

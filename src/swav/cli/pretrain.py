@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import textwrap
 from typing import Any
 
 from swav.cli.common import progress_options
 from swav.config import build_config, describe_options, preset_summary, presets
+from swav.engine.recipe import suggest_recipe
 
 
 def register(sub: Any) -> None:
@@ -29,8 +31,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--preset",
         default=None,
-        help="a preset name (see `swav presets`) or a YAML file (default: 'demo' "
-        "when no data is given, else none: the paper's main recipe)",
+        help="a preset name (see `swav presets`) or a YAML file (default: 'demo' when no data "
+        "is given, else a recipe chosen from the data and this machine, printed at the start)",
     )
     p.add_argument("--data", default=None, help="shorthand for data.source=DATA (default: none)")
     p.add_argument("--run-dir", default=None, help="shorthand for run_dir=DIR (default: none)")
@@ -72,14 +74,26 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
     preset = args.preset
-    if preset is None and not any(o.startswith("data.source=") for o in overrides):
+    given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
+    if preset is None and "data.source" not in given:
         preset = "demo"  # nothing given: the offline recipe on the embedded digits
+    elif preset is None:  # data but no preset: settings chosen from the data and the machine
+        recipe = suggest_recipe(given["data.source"], given.get("data.split"))
+        if os.environ.get("RANK", "0") == "0":
+            print(f"recipe for {given['data.source']} (change any value with key=value):")
+            print("\n".join("  " + line for line in recipe.describe()))
+        overrides = recipe.overrides() + overrides
     cfg = build_config(preset, overrides)
     result = pretrain(
         cfg, allow_config_change=args.allow_config_change, progress=not args.no_progress
     )
     state = "stopped (resume by running the same command)" if result.interrupted else "finished"
-    print(f"{state}: {result.epochs_done} epochs, last loss {result.last_loss:.4f}")
+    health = "healthy" if result.healthy else "COLLAPSED (see the warnings above)"
+    recovered = f", recovered from collapse {len(result.recoveries)}x" if result.recoveries else ""
+    print(
+        f"{state}: {result.epochs_done} epochs, last loss {result.last_loss:.4f}; "
+        f"model {health}{recovered}"
+    )
     if result.corrupt:
         print(f"skipped {len(result.corrupt)} unreadable images")
     print(

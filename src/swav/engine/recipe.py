@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,9 +74,15 @@ def typical_size(source: ImageSource, samples: int = 64) -> int:
 
 
 def suggest_recipe(
-    source: str, split: str = "", gpus: int | None = None, size: int | None = None
+    source: str, split: str | None = None, gpus: int | None = None, size: int | None = None
 ) -> Recipe:
-    """Settings for pretraining on ``source`` (a folder or archive) on this machine."""
+    """Settings for pretraining on ``source`` (a folder or archive) on this machine.
+
+    ``split``: the sub-folder to train on (default: ``train`` when there is one, else every
+    image); ``gpus``: GPUs per node (default: those visible); ``size``: the images' shorter
+    side (default: measured on a sample)."""
+    if split is None:
+        split = "train" if _opens(source, "train") else ""
     data = open_source(source, split)
     n = len(data)
     side = size or typical_size(data)
@@ -88,7 +95,7 @@ def suggest_recipe(
         r.set("data.eval_split", held_out, "the held-out split found beside it")
     _crops(r, side, gpus)
     _model(r, n, gpus, r.settings["multicrop.sizes"][0])
-    batch = _batch(r, gpus, r.settings["model.arch"], r.settings["multicrop.sizes"][0])
+    batch = _batch(r, gpus, r.settings["model.arch"], r.settings["multicrop.sizes"][0], n)
     _prototypes_and_queue(r, n, batch * max(1, gpus))
     _schedule(r, batch * max(1, gpus), gpus)
     return r
@@ -98,13 +105,20 @@ def _held_out_split(source: str, split: str) -> str | None:
     """A split beside ``split`` to evaluate on (val, test, ...), if the data has one."""
     if not split:
         return None
-    for name in ("val", "test", "valid", "validation"):
-        try:
-            open_source(source, name)
-        except DataError:
-            continue
-        return name
-    return None
+    return next((n for n in ("val", "test", "valid", "validation") if _opens(source, n)), None)
+
+
+def _opens(source: str, split: str) -> bool:
+    """Whether ``source`` has a sub-folder / archive member ``split`` (a folder without it
+    would read every image instead)."""
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return (folder / split).is_dir()
+    try:
+        open_source(source, split)
+    except DataError:
+        return False
+    return True
 
 
 def _crops(r: Recipe, side: int, gpus: int) -> None:
@@ -132,13 +146,17 @@ def _model(r: Recipe, n: int, gpus: int, large: int) -> None:
     r.set("model.output_dim", 128, "the paper's embedding size")
 
 
-def _batch(r: Recipe, gpus: int, arch: str, large: int) -> int:
+def _batch(r: Recipe, gpus: int, arch: str, large: int, n: int) -> int:
     if not gpus:
         precision = "bf16" if cpu_supports_bf16() else "fp32"
-        r.set("train.batch_size", 64, f"CPU training ({precision})")
-        return 64
-    batch = 64 if arch == "resnet50" and large >= 160 else 256
-    r.set("train.batch_size", batch, f"per GPU, {arch} at {large} px")
+        batch, why = 64, f"CPU training ({precision})"
+    else:
+        batch = 64 if arch == "resnet50" and large >= 160 else 256
+        why = f"per GPU, {arch} at {large} px"
+    if batch * max(1, gpus) > n // 4:
+        batch = max(2, n // (4 * max(1, gpus)))
+        why = f"a quarter of the {n} images"
+    r.set("train.batch_size", batch, why)
     return batch
 
 

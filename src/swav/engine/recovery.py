@@ -8,6 +8,8 @@ points to, logging each change:
   steps were too large; the learning rate is halved;
 - uniform codes while the queue was in use: the queue started before the features settled; it
   starts later (10 % of the run after the current epoch) and is emptied;
+- uniform codes before a configured queue started: the batch alone is too small for K
+  prototypes; the queue starts at once (at the epoch the run rewinds to);
 - uniform codes with spread embeddings and no queue: epsilon is too large for the scores'
   range; it is halved (not below 0.01);
 - in every case the prototypes are frozen again for as long as at the start of the run (at
@@ -54,12 +56,14 @@ def plan_recovery(
     epoch: int,
     epochs: int,
     iters_per_epoch: int,
+    queue_waiting: bool = False,
 ) -> tuple[Adjustments, dict[str, str]]:
     """The adjustments after ``collapse`` and a description of each change.
 
     Args:
         epsilon: the epsilon in use; freeze_iters: the configured freezing (iterations);
         restart_iteration: the iteration the run rewinds to; epoch: the epoch it collapsed in.
+        queue_waiting: a queue is configured but had not started yet.
     """
     new = Adjustments(**current.state_dict())
     changes: dict[str, str] = {}
@@ -72,6 +76,9 @@ def plan_recovery(
     elif collapse.queue_active:
         new.queue_start = epoch + max(1, math.ceil(0.1 * epochs))
         changes["queue"] = f"starts at epoch {new.queue_start} (codes uniform with the queue)"
+    elif queue_waiting:
+        new.queue_start = restart_iteration // iters_per_epoch
+        changes["queue"] = f"starts at epoch {new.queue_start} (codes uniform without it)"
     else:
         new.epsilon = max(MIN_EPSILON, epsilon * 0.5)
         changes["epsilon"] = f"{epsilon:g} -> {new.epsilon:g} (codes uniform)"

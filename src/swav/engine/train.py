@@ -376,6 +376,7 @@ def _after_collapse(t: Trainer, collapse: Collapse, epoch: int) -> None:
         epoch,
         t.cfg.train.epochs,
         t.iters,
+        queue_waiting=t.objective.queue is not None and not t.objective.queue_in_use(epoch),
     )
     t.state.adjustments = adjusted
     if "queue" in changes and t.objective.queue is not None:
