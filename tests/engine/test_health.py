@@ -32,10 +32,12 @@ def test_monitor_declares_each_signal_after_patience():
     m = CollapseMonitor([50], patience=10, start_iteration=0, embedding_dim=16)
     c = _flush(m, 0, 10, 3.0, 0.5 * LN50, spread=0.001)
     assert c is not None and c.flat_embeddings and not c.uniform_codes
-    # the loss at ln K
+    # the loss at ln K alone is not collapse (a soft temperature starts there); with uniform
+    # codes it is part of the evidence
     m = CollapseMonitor([50], patience=10, start_iteration=0, embedding_dim=16)
-    c = _flush(m, 0, 10, LN50 * 1.001, 0.5 * LN50)
-    assert c is not None and c.loss_at_ln_k and "ln K" in c.describe()
+    assert _flush(m, 0, 20, LN50 * 1.001, 0.5 * LN50) is None and m.healthy
+    c = _flush(m, 20, 10, LN50 * 1.001, LN50)
+    assert c is not None and c.uniform_codes and c.loss_at_ln_k and "ln K" in c.describe()
 
 
 def test_monitor_stays_quiet_on_healthy_signals():

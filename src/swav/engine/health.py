@@ -9,9 +9,10 @@ every flush of the logger after the prototypes are unfrozen:
 - **embedding spread**: the standard deviation of the embeddings across the batch, averaged
   over dimensions and scaled by sqrt(d) (1 for embeddings spread evenly on the sphere). A network
   that maps every image to the same point drives it to 0;
-- **the loss** within 1 % of ln K.
+- **the loss** within 1 % of ln K: reported with the evidence, but not a sign on its own (with
+  a soft temperature the loss starts near ln K in healthy runs too), and it lags the others.
 
-A run whose signals stay collapsed for ``patience`` iterations is declared collapsed, with the
+A run whose signals (uniform codes or collapsed embeddings) stay collapsed for ``patience`` iterations is declared collapsed, with the
 evidence; ``train.on_collapse`` chooses what follows (see ``swav.engine.recovery``).
 """
 
@@ -146,7 +147,7 @@ class CollapseMonitor:
         uniform = ratio >= UNIFORM_CODES
         flat = scaled is not None and scaled < FLAT_SPREAD
         at_ln_k = all(abs(v - self.reference) <= 0.01 * self.reference for _, v in losses)
-        if not (uniform or flat or at_ln_k):
+        if not (uniform or flat):  # a loss near ln K alone is normal early on at a soft T
             self.since, self.declared = None, False
             return None
         if self.since is None:

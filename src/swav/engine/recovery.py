@@ -4,8 +4,7 @@ To recover, the run rewinds to its last healthy checkpoint (``checkpoint_healthy
 every epoch end whose signals were healthy, and at the start) and changes what the evidence
 points to, logging each change:
 
-- embeddings collapsed to one point, or the loss at ln K with codes that are not uniform: the
-  steps were too large; the learning rate is halved;
+- embeddings collapsed to one point: the steps were too large; the learning rate is halved;
 - uniform codes while the queue was in use: the queue started before the features settled; it
   starts later (10 % of the run after the current epoch) and is emptied;
 - uniform codes before a configured queue started: the batch alone is too small for K
@@ -67,10 +66,7 @@ def plan_recovery(
     """
     new = Adjustments(**current.state_dict())
     changes: dict[str, str] = {}
-    steps_too_large = collapse.flat_embeddings or (
-        collapse.loss_at_ln_k and not collapse.uniform_codes
-    )
-    if steps_too_large:
+    if collapse.flat_embeddings:
         new.lr_scale = current.lr_scale * 0.5
         changes["learning rate"] = f"x{new.lr_scale:g} of the schedule (embeddings collapsed)"
     elif collapse.queue_active:
