@@ -16,13 +16,21 @@ def test_recipe_for_imagenette_on_a_cpu():
     assert s["data.split"] == "train" and s["data.eval_split"] == "val"
     assert s["multicrop.sizes"] == [96, 48] and s["multicrop.n_crops"] == [2, 4]
     assert s["model.arch"] == "resnet18" and not s["model.small_stem"]
-    k, batch, queue = s["model.n_prototypes"][0], s["train.batch_size"], s["swav.queue_length"]
-    assert k == 470 and batch == 64
-    assert batch + queue >= 1.5 * k and queue % batch == 0 and queue <= 9469 // 4
-    assert s["swav.epoch_queue_starts"].endswith("%")
+    # a small batch: few prototypes, no queue, a small embedding, a soft temperature
+    assert s["train.batch_size"] == 64 and s["model.n_prototypes"] == [100]
+    assert s["swav.queue_length"] == 0 and s["model.output_dim"] == 32
+    assert s["optim.base_lr"] == 0.6 and s["optim.lars_exclude_bias_norm"] is False
     assert all(k in r.reasons and r.reasons[k] for k in s)  # every choice has its reason
     cfg = build_config(None, r.overrides())  # and it is a valid configuration
-    assert cfg.model.n_prototypes == [470]
+    assert cfg.model.n_prototypes == [100]
+    # on 4 GPUs: the paper's embedding, K from the data size, a queue to reach 1.5 K rows
+    g = suggest_recipe(str(SHARED / "imagenette-96.tar.gz"), gpus=4).settings
+    k, batch, queue = g["model.n_prototypes"][0], g["train.batch_size"], g["swav.queue_length"]
+    assert k == 470 and g["model.output_dim"] == 128 and batch == 256 and queue == 0
+    assert 4 * batch >= 1.5 * k
+    one = suggest_recipe(str(SHARED / "imagenette-96.tar.gz"), gpus=1).settings
+    assert one["swav.queue_length"] == 512 and 256 + 512 >= 1.5 * 470  # the queue fills the gap
+    assert one["swav.epoch_queue_starts"] == "10%"
 
 
 def test_recipe_scales_with_the_data_and_the_hardware(image_folder):

@@ -9,13 +9,18 @@ be overridden with ``key=value``. The rules:
 - **backbone**: ResNet-50 on GPUs for 200k images or more, else ResNet-18 (with the small-image
   stem for crops of 40 px or less);
 - **batch**: 64 per process on a CPU, 256 per GPU (64 for ResNet-50 at 160 px or more);
-- **prototypes** K: about one per 20 images (at least 100, at most 3000, the paper's value);
-- **queue**: when the global batch is smaller than 1.5 K, past embeddings make up the
-  difference, so that each Sinkhorn problem has more rows than prototypes (the paper's small-
-  batch recipe: 256 + 3840 for K = 3000); never more than a quarter of the data, and K is
-  lowered when that cap binds. The queue starts after 10 % of the run;
-- **schedule**: LARS at 0.6 x batch / 256 with a warmup of 5 % of the run, prototypes frozen
-  for the first 2 %, and collapse handled by recovery.
+- **small batches** (a global batch under 256, e.g. on a CPU): 100 prototypes, no queue, a
+  32-d embedding and temperature 0.2. At initialisation the cosines between 128-d vectors all
+  sit near 0, so the codes of a small batch start nearly uniform and the run drifts into
+  collapse; 32-d embeddings spread the scores and a softer temperature keeps the first steps
+  from flattening the predictions (measured on Imagenette, ``benchmarks/RESULTS.md``);
+- **large batches**: about one prototype per 20 images (100 to 3000, the paper's value), the
+  paper's 128-d embedding and temperature 0.1, and a queue when the global batch is smaller
+  than 1.5 K (the paper's small-batch recipe: 256 + 3840 for K = 3000; never more than a
+  quarter of the data, K lowered when that cap binds), started after 10 % of the run;
+- **schedule**: LARS on every parameter (as the reference) at 0.6 x batch / 256, never below
+  0.6, with a warm-up of 5 % of the run; prototypes frozen for the first 2 %; collapse handled
+  by recovery.
 """
 
 from __future__ import annotations
@@ -143,7 +148,6 @@ def _model(r: Recipe, n: int, gpus: int, large: int) -> None:
         r.set("model.arch", "resnet18", f"{n} images on {where}")
     r.set("model.small_stem", large <= 40, f"{large} px crops")
     r.set("model.hidden_mlp", 2048, "the paper's projection head")
-    r.set("model.output_dim", 128, "the paper's embedding size")
 
 
 def _batch(r: Recipe, gpus: int, arch: str, large: int, n: int) -> int:
@@ -161,6 +165,15 @@ def _batch(r: Recipe, gpus: int, arch: str, large: int, n: int) -> int:
 
 
 def _prototypes_and_queue(r: Recipe, n: int, global_batch: int) -> None:
+    if global_batch < 256:
+        why = f"a small batch ({global_batch})"
+        r.set("model.n_prototypes", [100], why + ": few prototypes, codes sharp enough")
+        r.set("swav.queue_length", 0, why + " that covers K = 100")
+        r.set("model.output_dim", 32, why + ": 32-d embeddings spread the first scores")
+        r.set("swav.temperature", 0.2, why + ": softer predictions in the first steps")
+        return
+    r.set("model.output_dim", 128, "the paper's embedding size")
+    r.set("swav.temperature", 0.1, "the paper's temperature")
     k = int(min(3000, max(100, round(n / 20, -1))))
     queue = 0
     if global_batch < 1.5 * k:
@@ -181,13 +194,18 @@ def _prototypes_and_queue(r: Recipe, n: int, global_batch: int) -> None:
 
 
 def _schedule(r: Recipe, global_batch: int, gpus: int) -> None:
-    lr = round(0.6 * global_batch / 256, 4)
+    lr = round(0.6 * max(1.0, global_batch / 256), 4)
     r.set("optim.optimizer", "lars", "the reference optimiser")
-    r.set("optim.base_lr", lr, f"0.6 x batch / 256 (batch {global_batch})")
+    r.set("optim.base_lr", lr, f"0.6 x batch / 256, at least 0.6 (batch {global_batch})")
     r.set("optim.final_lr", round(lr / 1000, 7), "base / 1000 at the end of the cosine")
     r.set("optim.warmup_epochs", "5%", "5 % of the run")
     r.set("optim.start_warmup", 0.0, "warm up from 0")
-    r.set("optim.lars_exclude_bias_norm", True, "no LARS or decay on biases and norms")
+    r.set(
+        "optim.lars_exclude_bias_norm",
+        False,
+        "LARS on every parameter, as the reference: plain SGD steps on biases and norms let "
+        "the embedding's bias run away with a small batch",
+    )
     r.set("swav.freeze_prototypes_niters", "2%", "prototypes fixed for the first 2 % of the run")
     r.set("train.epochs", 200 if gpus else 30, "a useful length on this hardware")
     r.set("train.collapse_patience", "2%", "collapse declared after 2 % of the run")
