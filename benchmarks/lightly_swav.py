@@ -130,7 +130,7 @@ def run_lightly(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append((step, epoch + 1, float(loss)))
+            losses.append((step, epoch + 1, float(loss.detach())))
             step += 1
         row = {"epoch": epoch + 1, "train_seconds": round(time.time() - t0, 1)}
         final = epoch + 1 == epochs

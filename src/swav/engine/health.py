@@ -12,8 +12,9 @@ every flush of the logger after the prototypes are unfrozen:
 - **the loss** within 1 % of ln K: reported with the evidence, but not a sign on its own (with
   a soft temperature the loss starts near ln K in healthy runs too), and it lags the others.
 
-A run whose signals (uniform codes or collapsed embeddings) stay collapsed for ``patience`` iterations is declared collapsed, with the
-evidence; ``train.on_collapse`` chooses what follows (see ``swav.engine.recovery``).
+A run whose signals (uniform codes or collapsed embeddings) stay collapsed for ``patience``
+iterations is declared collapsed, with the evidence; ``train.on_collapse`` chooses what
+follows (see ``swav.engine.recovery``).
 """
 
 from __future__ import annotations
