@@ -264,3 +264,25 @@ def test_detectron2_export_names_and_shapes(tmp_path):
     got = {k: tuple(v.shape) for k, v in obj["model"].items()}
     assert got == detectron2_reference_names()
     assert "stem.conv1.norm.weight" in detectron2_names(model.backbone.state_dict())
+
+
+def test_damaged_files_are_called_damaged_not_unsafe(tmp_path):
+    import argparse
+
+    from swav.engine.checkpoint import DamagedCheckpointError, safe_load
+
+    torch.save({"a": torch.zeros(3)}, tmp_path / "good.pt")
+    good = (tmp_path / "good.pt").read_bytes()
+    files = {
+        "truncated.pt": good[: len(good) // 2],
+        "empty.pt": b"",
+        "random.pt": b"\x8a\x11 not a checkpoint" * 20,
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DamagedCheckpointError, match="damaged|empty") as err:
+            safe_load(tmp_path / name)
+        assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
+    torch.save(argparse.Namespace(a=1), tmp_path / "code.pt")  # a class to build: unsafe
+    with pytest.raises(UnsafeCheckpointError, match="pickled Python objects"):
+        safe_load(tmp_path / "code.pt")

@@ -57,22 +57,45 @@ def keep_copy(path: str | Path, copy: str | Path) -> None:
 def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True``: tensors, containers and plain values only.
 
-    A file that needs arbitrary pickled code is refused with an explanation.
+    A file that needs arbitrary pickled code is refused with an explanation
+    (``UnsafeCheckpointError``); an empty, truncated or foreign file is called damaged
+    (``DamagedCheckpointError``), since no loading option would help.
     """
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise DamagedCheckpointError(f"{path} is empty (0 bytes): re-download or re-export it")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as e:  # UnpicklingError and friends
-        msg = str(e).split("\n")[0]
+        reason = _load_failure(e)
+        if "global" not in reason.lower():  # not a class the file wants to build: damage
+            raise DamagedCheckpointError(
+                f"{path} is damaged or not a PyTorch checkpoint ({reason}); "
+                "re-download or re-export it"
+            ) from e
         raise UnsafeCheckpointError(
             f"{path} cannot be loaded safely: it holds pickled Python objects beyond tensors "
-            f"and plain containers ({msg}). Loading it would run code from the file. If you "
+            "and plain containers. Loading it would run code from the file. If you "
             'trust its origin, convert it once with: python -c "import torch; '
             "obj = torch.load('IN', weights_only=False); "
             "torch.save(obj.get('state_dict', obj) if isinstance(obj, dict) else obj.state_dict(), "
             "'OUT')\" and load OUT instead."
         ) from e
+
+
+def _load_failure(e: Exception) -> str:
+    """The informative part of a ``torch.load`` failure, on one line."""
+    msg = " ".join(str(e).split())
+    if "WeightsUnpickler error:" in msg:
+        msg = msg.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+    msg = msg.strip().split(". ")[0][:200]
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+class DamagedCheckpointError(SwAVError, ValueError):
+    """The file is empty, truncated or not a PyTorch checkpoint at all."""
 
 
 class UnsafeCheckpointError(SwAVError, RuntimeError):
