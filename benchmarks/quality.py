@@ -93,7 +93,9 @@ def warmup_iterations(cfg: Config, iters_per_epoch: int) -> int:
 def run_ours(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     curve, t0 = [], time.time()
     result = None
-    for epoch in range(1, cfg.train.epochs + 1):
+    every = max(1, args.eval_every)
+    stops = [e for e in range(1, cfg.train.epochs + 1) if e % every == 0 or e == cfg.train.epochs]
+    for epoch in stops:
         result = pretrain(cfg, progress=False, stop_after_epoch=epoch)
         assert result.model is not None
         row = {"epoch": epoch, "train_seconds": round(time.time() - t0, 1)}
@@ -125,6 +127,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="data for the recipe (no preset)")
     ap.add_argument("--eval-limit", type=int, default=0)
     ap.add_argument("--probe-epochs", type=int, default=50)
+    ap.add_argument("--eval-every", type=int, default=1, help="epochs between kNN measurements")
     ap.add_argument("--peer", choices=["none", "lightly", "only-lightly"], default="none")
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("overrides", nargs="*")
