@@ -62,3 +62,38 @@ def test_report_gathers_results(run_dir, capsys):
     assert main(["report", str(run_dir)]) == 0
     text = (run_dir / "REPORT.md").read_text()
     assert "## Evaluation" in text and "cluster" in text and "loss.png" in text
+
+
+def _strict_json(text):
+    def reject(name):
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def test_results_are_strict_json(run_dir, tmp_path):
+    out = tmp_path / "s.json"
+    argv = ["eval", "semisup", "--checkpoint", str(run_dir), "--limit", "120", "--epochs", "1"]
+    assert main([*argv, "--batch-size", "32", "--out", str(out), "--no-progress"]) == 0
+    rec = _strict_json(out.read_text())  # the fine-tuning's train_top1 is not computed: null
+    assert rec["results"]["train_top1"] is None
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["eval", "knn", "--k", "0"], "at least 1"),
+        (["eval", "knn", "--k", "5000"], "more than the 120 training images"),
+        (["eval", "knn", "--data", "{folder}"], "no separate"),
+        (["embed", "{folder}", "--out", "{tmp}/x.csv"], ".npy or .parquet"),
+    ],
+)
+def test_eval_refuses_what_would_give_a_wrong_answer(
+    run_dir, tmp_path, image_folder, capsys, argv, words
+):
+    argv = [a.replace("{folder}", str(image_folder)).replace("{tmp}", str(tmp_path)) for a in argv]
+    extra = ["--limit", "120"] if argv[0] == "eval" else []
+    code = main([*argv, "--checkpoint", str(run_dir), *extra, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "Traceback" not in err
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.csv.npy").exists()

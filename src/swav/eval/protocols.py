@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +80,13 @@ Outcome = tuple[dict[str, Any], dict[str, Any]]
 
 
 def _knn(req: EvalRequest, s: KnnSettings) -> Outcome:
+    if not s.k or min(s.k) < 1:
+        raise UsageError(f"knn: every k must be at least 1, got {s.k}")
+    if max(s.k) > len(req.train):
+        raise UsageError(
+            f"knn: k={max(s.k)} is more than the {len(req.train)} training images; "
+            "use a smaller --k or more data"
+        )
     ftr, fte = req.features(req.train), req.features(req.test)
     res = knn_accuracy(ftr.features, ftr.labels, fte.features, fte.labels, s.k, s.temperature)
     return {"ks": list(s.k), "temperature": s.temperature}, {f"k={k}": v for k, v in res.items()}
@@ -231,10 +239,22 @@ def evaluate(request: EvalRequest, protocol: str, settings: Any = None) -> dict[
         "seconds": round(time.time() - request.started, 1),
         "results": results,
     }
+    record = _finite(record)
     if request.out:
         request.out.parent.mkdir(parents=True, exist_ok=True)
-        request.out.write_text(json.dumps(record, indent=2))
+        request.out.write_text(json.dumps(record, indent=2, allow_nan=False))
     return record
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities (a figure a protocol does not compute) become None: valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def run_protocol(protocol: str, checkpoint: str, **options: Any) -> dict[str, Any]:
@@ -290,7 +310,7 @@ def format_result(record: dict[str, Any]) -> str:
     ]
 
     def fmt(v: Any) -> str:
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
+        return f"{v:.2f}" if isinstance(v, float) else "-" if v is None else str(v)
 
     for k, v in record["results"].items():
         if isinstance(v, dict):

@@ -105,6 +105,12 @@ def resolve_request(
         if not src.labelled:
             raise DataError(f"the {name} split of {data} has no labels (class folders)")
         splits.append(src)
+    if splits[0].origin == splits[1].origin:
+        raise DataError(
+            f"{data} has no separate '{train_split}' and '{test_split}' splits, so the test "
+            "images would be the training images: give a folder with train/ and val/ (or "
+            "test/) sub-folders, or name them with --train-split / --test-split"
+        )
     return EvalRequest(
         loaded,
         data,

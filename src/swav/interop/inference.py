@@ -11,6 +11,7 @@ from torch import nn
 
 from swav.data.sources import ImageSource, load_rgb
 from swav.data.transforms import EvalTransform
+from swav.errors import UsageError
 from swav.interop.checkpoints import CheckpointError
 from swav.model.features import extract_features
 from swav.model.swav import SwAV
@@ -42,6 +43,8 @@ def embed(
 def save_embeddings(emb: Embeddings, out: str | Path) -> list[Path]:
     """``.npy`` (features, plus ``<out>.names.txt``) or ``.parquet`` (name, label, feature)."""
     out = Path(out)
+    if out.suffix not in (".npy", ".parquet"):
+        raise UsageError(f"{out}: embeddings are written as .npy or .parquet; name the file so")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         import pyarrow as pa
