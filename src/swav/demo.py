@@ -64,11 +64,13 @@ def run_demo(
     t0 = time.time()
     result = pretrain(cfg, progress=progress)
     train_s = time.time() - t0
+    run = RunDir.of(cfg.run_dir)
+    if result.already_finished and run.demo_results.exists():
+        return {**json.loads(run.demo_results.read_text()), "already_finished": True}
     assert result.model is not None
     trained = result.model.cpu().eval()
     torch.manual_seed(cfg.train.seed)
     random_model = build_from_config(cfg.model).eval()
-    run = RunDir.of(cfg.run_dir)
     report = {
         "trained": evaluate_model(trained, cfg),
         "random": evaluate_model(random_model, cfg),

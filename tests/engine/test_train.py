@@ -216,3 +216,19 @@ def test_multicrop_on_device_trains_and_resumes_exactly(tmp_path):
 def _weights_after(run, extra):
     pretrain(build_config(None, tiny_overrides(run, **extra)), progress=False)
     return _weights(run)
+
+
+def test_rerunning_a_finished_run_changes_nothing(tmp_path, capsys):
+    from swav.cli import main
+
+    run = tmp_path / "done"
+    cfg = build_config(None, tiny_overrides(run, **{"train.epochs": 1}))
+    first = pretrain(cfg, progress=False)
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    again = pretrain(cfg, progress=False)
+    assert again.already_finished and again.epochs_done == 1
+    assert again.last_loss == pytest.approx(first.last_loss) and again.healthy
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+    argv = ["pretrain", "--preset", "defaults", *tiny_overrides(run, **{"train.epochs": 1})]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "already finished its 1 epochs; nothing changed" in capsys.readouterr().out

@@ -73,6 +73,8 @@ def test_torchrun_two_processes_pretrain(tmp_path):
         "swav.cli",
         "pretrain",
         "--no-progress",
+        "--preset",
+        "defaults",
         *args,
     ]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)

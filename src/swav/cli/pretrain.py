@@ -31,8 +31,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--preset",
         default=None,
-        help="a preset name (see `swav presets`) or a YAML file (default: 'demo' when no data "
-        "is given, else a recipe chosen from the data and this machine, printed at the start)",
+        help="a preset name (see `swav presets`), a YAML file, or 'defaults' for the built-in "
+        "defaults (the paper's main recipe) (default: 'demo' when no data is given, else a "
+        "recipe chosen from the data and this machine, printed at the start)",
     )
     p.add_argument("--data", default=None, help="shorthand for data.source=DATA (default: none)")
     p.add_argument("--run-dir", default=None, help="shorthand for run_dir=DIR (default: none)")
@@ -78,15 +79,21 @@ def _pretrain(args: argparse.Namespace) -> int:
     if preset is None and "data.source" not in given:
         preset = "demo"  # nothing given: the offline recipe on the embedded digits
     elif preset is None:  # data but no preset: settings chosen from the data and the machine
-        recipe = suggest_recipe(given["data.source"], given.get("data.split"))
+        recipe = suggest_recipe(given["data.source"], given.get("data.split") or None)
         if os.environ.get("RANK", "0") == "0":
             print(f"recipe for {given['data.source']} (change any value with key=value):")
             print("\n".join("  " + line for line in recipe.describe()))
         overrides = recipe.overrides() + overrides
-    cfg = build_config(preset, overrides)
+    cfg = build_config(None if preset == "defaults" else preset, overrides)
     result = pretrain(
         cfg, allow_config_change=args.allow_config_change, progress=not args.no_progress
     )
+    if result.already_finished:
+        print(
+            f"{result.run_dir.resolve()} has already finished its {result.epochs_done} epochs; "
+            "nothing changed (raise train.epochs to train longer, or choose another --run-dir)"
+        )
+        return 0
     state = "stopped (resume by running the same command)" if result.interrupted else "finished"
     health = "healthy" if result.healthy else "COLLAPSED (see the warnings above)"
     recovered = f", recovered from collapse {len(result.recoveries)}x" if result.recoveries else ""
@@ -109,6 +116,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     report = run_demo(args.run_dir, args.overrides, progress=not args.no_progress)
     print()
+    if report.get("already_finished"):
+        print(f"{report['run_dir']} holds a finished demo; nothing changed. Its results:")
     print(
         f"SwAV on the embedded handwritten digits: {report['epochs']} epochs in "
         f"{report['train_seconds']:.0f} s, final loss {report['final_loss']:.3f}"

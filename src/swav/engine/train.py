@@ -63,6 +63,8 @@ class TrainResult:
     """False when the run ended with its health signals collapsed."""
     recoveries: list[dict[str, Any]] = field(default_factory=list)
     """One entry per recovery from collapse: the evidence and what was changed."""
+    already_finished: bool = False
+    """The run directory held a finished run: nothing was trained or written."""
 
 
 @dataclass
@@ -165,6 +167,8 @@ def _pretrain(
             )
         del saved
     t.apply_adjustments()
+    if t.state.epoch >= cfg.train.epochs:
+        return _finished(t)
 
     # -- the run directory and the logger
     if info.is_main:
@@ -196,6 +200,27 @@ def _pretrain(
         t.core,
         healthy,
         recoveries,
+    )
+
+
+def _finished(t: Trainer) -> TrainResult:
+    """The result of a run that had already finished, read from its run directory."""
+    epochs = [m for m in t.run.read_metrics() if m.get("kind") == "epoch"]
+    last = epochs[-1] if epochs else {}
+    if t.dist.is_main:
+        log.info("%s has finished its %d epochs: nothing to do", t.run.path, t.state.epoch)
+    done = t.state.epoch
+    return TrainResult(
+        t.run.path,
+        done,
+        done * t.iters,
+        float(last.get("loss", float("nan"))),
+        False,
+        t.state.corrupt,
+        t.core,
+        bool(last.get("healthy", True)),
+        t.state.adjustments.recoveries,
+        already_finished=True,
     )
 
 
