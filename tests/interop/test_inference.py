@@ -136,3 +136,28 @@ def test_predict_with_torchvision_classifier(tmp_path, capsys):
     )
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(img)) and sum(c in line for c in ("cat", "dog", "frog")) == 2
+
+
+def test_outputs_are_never_overwritten_without_force(tmp_path, capsys):
+    from swav.cli import main
+    from swav.config import build_config
+    from swav.engine.train import pretrain
+    from tests.conftest import tiny_overrides
+
+    run = tmp_path / "run"
+    pretrain(build_config(None, tiny_overrides(run, **{"train.epochs": 1})), progress=False)
+    before = (run / "checkpoint.pt").read_bytes()
+    export = ["export", "--checkpoint", str(run), "--format", "torchvision"]
+    # a run's own checkpoint: never, even with --force
+    for extra in ([], ["--force"]):
+        assert main([*export, "--out", str(run / "checkpoint.pt"), *extra]) == 2
+        assert "run's own checkpoint" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").read_bytes() == before
+    out = tmp_path / "rn.pth"
+    assert main([*export, "--out", str(out)]) == 0
+    first = out.read_bytes()
+    assert main([*export, "--out", str(out)]) == 2 and "--force" in capsys.readouterr().err
+    assert main([*export, "--out", str(out), "--force"]) == 0 and out.read_bytes() == first
+    emb = ["embed", "digits", "--split", "test", "--checkpoint", str(run), "--no-progress"]
+    assert main([*emb, "--out", str(tmp_path / "f.npy")]) == 0
+    assert main([*emb, "--out", str(tmp_path / "f.npy")]) == 2

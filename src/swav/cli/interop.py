@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from swav.cli.common import batch_options, checkpoint_options, progress_options, size_options
+from swav.engine.run_dir import check_writable
 from swav.interop.checkpoints import CheckpointError, load_checkpoint, load_linear_head
 from swav.interop.export import FORMATS, export_model
 
@@ -24,6 +25,7 @@ def register(sub: Any) -> None:
     )
     x.add_argument("--out", required=True, help="output file")
     x.add_argument("--download", action="store_true", help="fetch a released checkpoint")
+    x.add_argument("--force", action="store_true", help="replace an existing output file")
     x.set_defaults(func=_export)
     em = sub.add_parser(
         "embed",
@@ -33,6 +35,7 @@ def register(sub: Any) -> None:
     em.add_argument("data", help="folder, archive or dataset name")
     em.add_argument("--split", default="", help="split of the data (default: all)")
     em.add_argument("--out", required=True, help=".npy (+ .names.txt) or .parquet")
+    em.add_argument("--force", action="store_true", help="replace an existing output file")
     em.set_defaults(func=_embed)
     pr = sub.add_parser(
         "predict",
@@ -72,6 +75,7 @@ def _zoo(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    check_writable(args.out, args.force)  # before any loading work
     loaded = load_checkpoint(args.checkpoint, ignore=args.ignore, download=args.download)
     meta = {
         "arch": loaded.arch,
@@ -79,20 +83,21 @@ def _export(args: argparse.Namespace) -> int:
         "layout": loaded.layout,
         "pretraining": loaded.meta.get("config"),
     }
-    for f in export_model(loaded.model, args.out, args.format, meta):
+    for f in export_model(loaded.model, args.out, args.format, meta, force=args.force):
         print(f"wrote {f}")
     return 0
 
 
 def _embed(args: argparse.Namespace) -> int:
     from swav.data.sources import open_source
-    from swav.interop.inference import embed, save_embeddings
+    from swav.interop.inference import embed, embedding_path, save_embeddings
 
+    embedding_path(args.out, args.force)  # before any work
     loaded = load_checkpoint(args.checkpoint, ignore=args.ignore)
     src = open_source(args.data, args.split)
     tf = loaded.eval_transform(args.size)
     emb = embed(loaded.model, src, tf, args.batch_size, progress=not args.no_progress)
-    for f in save_embeddings(emb, args.out):
+    for f in save_embeddings(emb, args.out, force=args.force):
         print(f"wrote {f}")
     print(f"{emb.features.shape[0]} images x {emb.features.shape[1]} features")
     return 0

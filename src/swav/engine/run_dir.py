@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from swav.errors import UsageError
+
 CHECKPOINT_FORMAT = "swav-run/1"
 """The ``format`` entry of a run checkpoint; loaders recognise run checkpoints by its prefix."""
 
@@ -89,6 +91,18 @@ class RunDir:
         if not self.config.exists():
             return None
         return yaml.safe_load(self.config.read_text()) or {}
+
+
+def check_writable(path: str | Path, force: bool = False) -> Path:
+    """``path`` as an output file: refused when it is a run directory's own checkpoint, and
+    when it exists unless ``force``. Returns it as a Path."""
+    path = Path(path).expanduser()
+    run = RunDir(path.parent)
+    if path.name in (run.checkpoint.name, run.healthy_checkpoint.name) and run.config.exists():
+        raise UsageError(f"{path} is a run's own checkpoint: write the output somewhere else")
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists: choose another output, or pass --force to replace it")
+    return path
 
 
 def is_run_checkpoint(obj: Any) -> bool:

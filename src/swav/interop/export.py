@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from swav.engine.run_dir import check_writable
 from swav.errors import UsageError
 from swav.model.swav import SwAV
 
@@ -47,12 +48,17 @@ def detectron2_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def export_model(
-    model: SwAV, out: str | Path, fmt: str, meta: dict[str, Any] | None = None
+    model: SwAV,
+    out: str | Path,
+    fmt: str,
+    meta: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> list[Path]:
-    """Write ``model`` in ``fmt``; returns the files written."""
+    """Write ``model`` in ``fmt``; returns the files written. An existing file is replaced
+    only with ``force``; a run directory's own checkpoint never."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    out = Path(out)
+    out = check_writable(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
     meta.setdefault("num_features", int(model.num_features))

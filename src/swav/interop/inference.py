@@ -11,6 +11,7 @@ from torch import nn
 
 from swav.data.sources import ImageSource, load_rgb
 from swav.data.transforms import EvalTransform
+from swav.engine.run_dir import check_writable
 from swav.errors import UsageError
 from swav.interop.checkpoints import CheckpointError
 from swav.model.features import extract_features
@@ -40,11 +41,19 @@ def embed(
     return Embeddings(f.features.numpy(), source.item_names(), f.labels.numpy())
 
 
-def save_embeddings(emb: Embeddings, out: str | Path) -> list[Path]:
-    """``.npy`` (features, plus ``<out>.names.txt``) or ``.parquet`` (name, label, feature)."""
-    out = Path(out)
-    if out.suffix not in (".npy", ".parquet"):
-        raise UsageError(f"{out}: embeddings are written as .npy or .parquet; name the file so")
+def embedding_path(out: str | Path, force: bool = False) -> Path:
+    """``out`` checked as an embeddings file: a .npy or .parquet name, not an existing file
+    unless ``force``."""
+    path = Path(out)
+    if path.suffix not in (".npy", ".parquet"):
+        raise UsageError(f"{path}: embeddings are written as .npy or .parquet; name the file so")
+    return check_writable(path, force)
+
+
+def save_embeddings(emb: Embeddings, out: str | Path, force: bool = False) -> list[Path]:
+    """``.npy`` (features, plus ``<out>.names.txt``) or ``.parquet`` (name, label, feature).
+    An existing file is replaced only with ``force``."""
+    out = embedding_path(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         import pyarrow as pa
