@@ -286,3 +286,33 @@ def test_damaged_files_are_called_damaged_not_unsafe(tmp_path):
     torch.save(argparse.Namespace(a=1), tmp_path / "code.pt")  # a class to build: unsafe
     with pytest.raises(UnsafeCheckpointError, match="pickled Python objects"):
         safe_load(tmp_path / "code.pt")
+
+
+@pytest.mark.parametrize("command", ["predict", "assign", "export", "eval"])
+def test_every_command_taking_a_released_name_accepts_download(
+    monkeypatch, tmp_path, capsys, command
+):
+    import urllib.error
+
+    import torch.hub
+
+    from swav.cli import main
+
+    monkeypatch.setenv("SWAV_CACHE", str(tmp_path / "cache"))
+
+    def offline(url, dst, progress=True):  # no network in tests: the download fails as offline
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    argv = {
+        "predict": ["predict", "x.jpg"],
+        "assign": ["assign", "x.jpg"],
+        "export": ["export", "--out", str(tmp_path / "o.pth")],
+        "eval": ["eval", "knn", "--data", "digits"],
+    }[command]
+    assert main([*argv, "--checkpoint", "swav_800ep", "--download"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"swav {argv[0]}: error: could not download swav_800ep")
+    assert "name resolution" in err and len(err.splitlines()) == 1
+    assert main([*argv, "--checkpoint", "swav_800ep"]) == 2  # without: the cache only
+    assert "--download" in capsys.readouterr().err

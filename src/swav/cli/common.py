@@ -29,6 +29,12 @@ def checkpoint_options() -> argparse.ArgumentParser:
         choices=IGNORABLE_PARTS,
         help="checkpoint parts allowed to be missing or left out (default: none)",
     )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch a released checkpoint (--checkpoint NAME, see `swav zoo`) into the cache "
+        "when it is not there (default: use the cache only)",
+    )
     return p
 
 

@@ -50,6 +50,7 @@ def _eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         seed=args.seed,
         ignore=args.ignore,
+        download=args.download,
         out=out,
         cache_dir=args.cache,
         batch_size=args.batch_size,

@@ -24,7 +24,6 @@ def register(sub: Any) -> None:
         "--format", default="torchvision", choices=FORMATS, help="output format (torchvision)"
     )
     x.add_argument("--out", required=True, help="output file")
-    x.add_argument("--download", action="store_true", help="fetch a released checkpoint")
     x.add_argument("--force", action="store_true", help="replace an existing output file")
     x.set_defaults(func=_export)
     em = sub.add_parser(
@@ -93,7 +92,7 @@ def _embed(args: argparse.Namespace) -> int:
     from swav.interop.inference import embed, embedding_path, save_embeddings
 
     embedding_path(args.out, args.force)  # before any work
-    loaded = load_checkpoint(args.checkpoint, ignore=args.ignore)
+    loaded = load_checkpoint(args.checkpoint, ignore=args.ignore, download=args.download)
     src = open_source(args.data, args.split)
     tf = loaded.eval_transform(args.size)
     emb = embed(loaded.model, src, tf, args.batch_size, progress=not args.no_progress)
@@ -107,11 +106,11 @@ def _predict(args: argparse.Namespace) -> int:
     from swav.interop.inference import predict
     from swav.interop.zoo import RELEASED, fetch
 
-    loaded = load_checkpoint(args.checkpoint, ignore=[*args.ignore, "head"])
+    loaded = load_checkpoint(args.checkpoint, ignore=[*args.ignore, "head"], download=args.download)
     head = loaded.classifier
     if args.head:
         released = args.head in RELEASED and not Path(args.head).exists()
-        head = load_linear_head(fetch(args.head) if released else args.head)
+        head = load_linear_head(fetch(args.head, args.download) if released else args.head)
     if head is None:
         raise CheckpointError("no classifier: the checkpoint has no fc layer; pass --head")
     classes = None
@@ -127,7 +126,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _assign(args: argparse.Namespace) -> int:
     from swav.interop.inference import assign
 
-    loaded = load_checkpoint(args.checkpoint, ignore=args.ignore)
+    loaded = load_checkpoint(args.checkpoint, ignore=args.ignore, download=args.download)
     for img, (k, s) in zip(
         args.images, assign(loaded.model, args.images, loaded.eval_transform(args.size))
     ):

@@ -82,6 +82,7 @@ def resolve_request(
     seed: int = 0,
     ignore: Iterable[str] = (),
     download: bool = False,
+    download_data: bool = False,
     out: str | Path | None = None,
     cache_dir: str | None = None,
     batch_size: int = 256,
@@ -90,7 +91,8 @@ def resolve_request(
 ) -> EvalRequest:
     """Load the checkpoint and the labelled data. Data, splits, image size and normalisation
     default to the pretraining configuration when the checkpoint carries one (else 224 px,
-    ImageNet statistics)."""
+    ImageNet statistics). ``download`` fetches a released checkpoint into the cache;
+    ``download_data`` lets a torchvision dataset download."""
     loaded = load_checkpoint(checkpoint, ignore=ignore, download=download)
     dcfg = loaded.pretraining.get("data", {})
     data = data or dcfg.get("source")
@@ -101,7 +103,7 @@ def resolve_request(
     root = dcfg.get("root", "~/.cache/swav/datasets")
     splits = []
     for name, split in (("training", train_split), ("test", test_split)):
-        src = limit_source(open_source(data, split, root, download, seed), limit, seed)
+        src = limit_source(open_source(data, split, root, download_data, seed), limit, seed)
         if not src.labelled:
             raise DataError(f"the {name} split of {data} has no labels (class folders)")
         splits.append(src)

@@ -87,6 +87,10 @@ class NotCachedError(SwAVError, FileNotFoundError):
     """A released checkpoint that is not in the cache and was not asked to download."""
 
 
+class DownloadError(SwAVError, OSError):
+    """A released checkpoint could not be downloaded (offline, moved, refused)."""
+
+
 def cache_dir() -> Path:
     """Where released checkpoints are kept (``$SWAV_CACHE``, else ``~/.cache/swav/hub``)."""
     return Path(os.environ.get("SWAV_CACHE", Path.home() / ".cache" / "swav" / "hub"))
@@ -107,5 +111,12 @@ def fetch(name: str, download: bool = False) -> Path:
     from torch.hub import download_url_to_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    download_url_to_file(RELEASED[name].url, str(path), progress=True)
+    try:
+        download_url_to_file(RELEASED[name].url, str(path), progress=True)
+    except (OSError, ValueError) as e:  # URLError and HTTPError are OSErrors
+        reason = " ".join(str(getattr(e, "reason", e)).split())[:200]
+        raise DownloadError(
+            f"could not download {name} from {RELEASED[name].url} ({reason}); check the "
+            f"network, or fetch the file by other means and place it at {path}"
+        ) from e
     return path
