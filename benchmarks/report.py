@@ -41,23 +41,24 @@ def quality_table(records: list[dict]) -> list[str]:
 
 
 def quality_curves(records: list[dict]) -> list[str]:
-    """kNN (k = 20) and mean loss after each epoch."""
+    """kNN (k = 20) at each measured epoch, and the mean loss of that epoch."""
     out = []
     for r in records:
         out += [f"`{r['name']}` (random init kNN k=20: {r['random_init']['knn_k20']:.1f}):", ""]
         out += ["| epoch | ours kNN k=20 | ours loss | lightly kNN k=20 | lightly loss |"]
         out += ["|---|---|---|---|---|"]
-        ours, peer = r.get("ours", {}), r.get("lightly", {})
-        n = max(len(ours.get("curve", [])), len(peer.get("curve", [])))
-        for e in range(n):
+        sides = [r.get("ours", {}), r.get("lightly", {})]
+        epochs = sorted({c["epoch"] for side in sides for c in side.get("curve", [])})
+        for epoch in epochs:
             cells = []
-            for side in (ours, peer):
-                curve = side.get("curve", [])
-                losses = side.get("loss", {}).get("epoch_loss", {})
-                knn = f"{curve[e]['knn_k20']:.1f}" if e < len(curve) else "-"
-                loss = losses.get(str(e + 1), losses.get(e + 1))
-                cells += [knn, "-" if loss is None else f"{loss:.3f}"]
-            out.append(f"| {e + 1} | " + " | ".join(cells) + " |")
+            for side in sides:
+                knn = {c["epoch"]: c["knn_k20"] for c in side.get("curve", [])}.get(epoch)
+                loss = side.get("loss", {}).get("epoch_loss", {}).get(str(epoch))
+                cells += [
+                    "-" if knn is None else f"{knn:.1f}",
+                    "-" if loss is None else f"{loss:.3f}",
+                ]
+            out.append(f"| {epoch} | " + " | ".join(cells) + " |")
         out.append("")
     return out
 
