@@ -100,8 +100,7 @@ class Trainer:
         """Put the settings changed by recoveries into the objective."""
         adj, base, live = self.state.adjustments, self.base_swav, self.objective.cfg
         live.epsilon = adj.epsilon if adj.epsilon is not None else base.epsilon
-        freeze = int(absolute(base.freeze_prototypes_niters, "swav.freeze_prototypes_niters"))
-        live.freeze_prototypes_niters = max(freeze, adj.freeze_until)
+        live.freeze_prototypes_niters = max(_frozen_iterations(base), adj.freeze_until)
         queue = adj.queue_start if adj.queue_start is not None else base.epoch_queue_starts
         live.epoch_queue_starts = queue
 
@@ -291,6 +290,11 @@ def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir
     )
 
 
+def _frozen_iterations(swav: SwAVConfig) -> int:
+    """Iterations the prototypes stay frozen (resolved for the run)."""
+    return int(absolute(swav.freeze_prototypes_niters, "swav.freeze_prototypes_niters"))
+
+
 def _lr_schedule(cfg: Config, world_size: int, iters: int) -> np.ndarray:
     o = cfg.optim
     scale = cfg.train.batch_size * world_size / 256 if o.scale_lr else 1.0
@@ -323,7 +327,7 @@ def _build_logger(t: Trainer, progress: bool) -> TrainLogger:
     monitor = CollapseMonitor(
         t.core.n_prototypes,
         int(absolute(cfg.train.collapse_patience, "train.collapse_patience")),
-        int(absolute(t.objective.cfg.freeze_prototypes_niters, "swav.freeze_prototypes_niters")),
+        _frozen_iterations(t.objective.cfg),
         t.core.embedding_dim,
     )
     return TrainLogger(
@@ -396,7 +400,7 @@ def _after_collapse(t: Trainer, collapse: Collapse, epoch: int) -> None:
         collapse,
         current,
         t.objective.cfg.epsilon,
-        int(absolute(t.base_swav.freeze_prototypes_niters, "swav.freeze_prototypes_niters")),
+        _frozen_iterations(t.base_swav),
         restart,
         epoch,
         t.cfg.train.epochs,
@@ -407,7 +411,7 @@ def _after_collapse(t: Trainer, collapse: Collapse, epoch: int) -> None:
     if "queue" in changes and t.objective.queue is not None:
         t.objective.queue.reset()
     t.apply_adjustments()
-    t.logger.monitor.restart(int(absolute(t.objective.cfg.freeze_prototypes_niters, "freeze")))
+    t.logger.monitor.restart(_frozen_iterations(t.objective.cfg))
     for what, change in changes.items():
         log.warning("recovering from collapse: %s %s", what, change)
     t.logger.record("recovery", iteration=collapse.iteration, rewound_to=restart, **changes)
