@@ -159,10 +159,13 @@ def main() -> None:
         record["lightly"] = run_lightly(cfg, args, evaluate)
     record["peak_rss_mb"] = round(peak_rss_mb(), 0)
     out = HERE / "results" / f"quality_{args.name}.json"
-    if out.exists() and args.peer == "only-lightly":
-        previous = json.loads(out.read_text())
-        previous["lightly"] = record["lightly"]
-        record = previous
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    if previous.get("settings") == record["settings"]:
+        # The same configuration measured in two sittings (ours, then the peer, or the other
+        # way round): keep the side this run did not measure.
+        for side in ("ours", "lightly"):
+            if side not in record and side in previous:
+                record[side] = previous[side]
     out.write_text(json.dumps(record, indent=1))
     print(f"written {out}")
 
