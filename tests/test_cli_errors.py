@@ -1,6 +1,10 @@
 """Every user error reaches the user as one line and exit code 2; ``--debug`` shows the
 traceback."""
 
+import argparse
+import subprocess
+import sys
+
 import pytest
 
 from swav.cli import main
@@ -30,3 +34,27 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, argv, words):
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(SwAVError, match="optim.base_lr"):
         main(["--debug", "pretrain", "optim.base_lr=-1"])
+
+
+def test_top_level_help_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from swav.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'torch' not in sys.modules, 'swav --help imported torch'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "pretrain" in out.stdout and "assign" in out.stdout
+
+
+def test_command_table_matches_what_each_group_registers():
+    from swav.cli import COMMANDS, build_parser
+
+    full = build_parser("*")
+    sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    assert helps == {name: h for name, (_, h) in COMMANDS.items()}

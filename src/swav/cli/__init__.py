@@ -10,15 +10,38 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
-from swav.cli import evaluate, interop, pretrain
 from swav.errors import SwAVError
 
-COMMAND_GROUPS = (pretrain.register, evaluate.register, interop.register)
+# command -> (module of its group, one-line help). The top-level ``swav --help`` is built from
+# this table alone, so it answers without importing torch; a command's group (and the library
+# behind it) is imported only when that command is used. tests/test_cli_errors.py checks that
+# each line here matches the help the group registers.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("pretrain", "train SwAV on images (a folder, an archive, 'digits', cifar10 ...)"),
+    "demo": ("pretrain", "pretrain on the embedded digits and show what was learned"),
+    "presets": ("pretrain", "list the configuration presets"),
+    "eval": ("evaluate", "evaluate a backbone: knn, linear, semisup, lowshot, cluster"),
+    "report": ("evaluate", "gather a run's results into RUN_DIR/REPORT.md"),
+    "zoo": ("interop", "list the released checkpoints loadable by name"),
+    "export": ("interop", "export a backbone (torchvision, timm, safetensors, detectron2, swav)"),
+    "embed": ("interop", "backbone features of every image, in order"),
+    "predict": ("interop", "class and score per image (backbone + linear head)"),
+    "assign": ("interop", "highest-scoring prototype per image"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _requested_command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The ``swav`` parser. ``command="*"`` registers every command in full; a command name
+    registers its group in full and lists the others by name; ``None`` lists all by name."""
+    import importlib
+
     parser = argparse.ArgumentParser(
         prog="swav",
         description="SwAV self-supervised learning: pretrain, evaluate, export, embed.",
@@ -28,19 +51,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the traceback of an error (default: one line)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for register in COMMAND_GROUPS:
-        register(sub)
+    groups = {g for c, (g, _) in COMMANDS.items() if command in ("*", c)}
+    registered: set[str] = set()
+    for name, (group, help_text) in COMMANDS.items():
+        if group in groups and group not in registered:
+            importlib.import_module(f"swav.cli.{group}").register(sub)
+            registered.add(group)
+        elif group not in groups:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = _requested_command(argv)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # the reader went away (``swav presets | head``): not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
+        return 0
     except SwAVError as e:
         if args.debug:
             raise
