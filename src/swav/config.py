@@ -226,7 +226,23 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         raise ConfigError(
             f"no preset {name_or_path!r}: choose one of {', '.join(presets())} or a YAML file path"
         )
-    return yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid syntax"
+        raise ConfigError(f"preset {path}: not valid YAML{where} ({problem}); fix the file") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"preset {path}: cannot be read ({e})") from e
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"preset {path}: expected sections of settings (e.g. 'train:' then 'epochs: 10'), "
+            f"found a {type(loaded).__name__}"
+        )
+    return loaded
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -73,6 +73,11 @@ def labelled_data_options() -> argparse.ArgumentParser:
     p.add_argument("--test-split", default=None, help="test split (default: the run's eval split)")
     p.add_argument("--limit", type=int, default=0, help="use N images of each split (default: all)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--download-data",
+        action="store_true",
+        help="let a torchvision dataset (cifar10, cifar100, stl10) download (default: no)",
+    )
     p.add_argument("--cache", default=None, help="feature cache folder (default: none)")
     p.add_argument(
         "--out",

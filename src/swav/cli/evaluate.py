@@ -51,6 +51,7 @@ def _eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         ignore=args.ignore,
         download=args.download,
+        download_data=args.download_data,
         out=out,
         cache_dir=args.cache,
         batch_size=args.batch_size,

@@ -102,10 +102,30 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _readable_images(paths: list[str]) -> tuple[list[str], list[str]]:
+    """The images to use and the unreadable ones; refused at once when none can be read."""
+    from swav.interop.inference import split_readable, unreadable_error
+
+    good, bad = split_readable(paths)
+    if not good:
+        raise unreadable_error(bad, len(paths))
+    return good, bad
+
+
+def _report_unreadable(bad: list[str], total: int) -> int:
+    """After the results of the readable images: an error for the others (exit code 2)."""
+    from swav.interop.inference import unreadable_error
+
+    if bad:
+        raise unreadable_error(bad, total)
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from swav.interop.inference import predict
     from swav.interop.zoo import RELEASED, fetch
 
+    images, bad = _readable_images(args.images)
     loaded = load_checkpoint(args.checkpoint, ignore=[*args.ignore, "head"], download=args.download)
     head = loaded.classifier
     if args.head:
@@ -117,18 +137,17 @@ def _predict(args: argparse.Namespace) -> int:
     if args.classes:
         classes = [c.strip() for c in Path(args.classes).read_text().splitlines() if c.strip()]
     tf = loaded.eval_transform(args.size)
-    preds = predict(loaded.model, head, args.images, tf, classes, args.topk)
-    for img, row in zip(args.images, preds):
+    preds = predict(loaded.model, head, images, tf, classes, args.topk)
+    for img, row in zip(images, preds):
         print(img + "\t" + "\t".join(f"{c} {p:.3f}" for c, p in row))
-    return 0
+    return _report_unreadable(bad, len(args.images))
 
 
 def _assign(args: argparse.Namespace) -> int:
     from swav.interop.inference import assign
 
+    images, bad = _readable_images(args.images)
     loaded = load_checkpoint(args.checkpoint, ignore=args.ignore, download=args.download)
-    for img, (k, s) in zip(
-        args.images, assign(loaded.model, args.images, loaded.eval_transform(args.size))
-    ):
+    for img, (k, s) in zip(images, assign(loaded.model, images, loaded.eval_transform(args.size))):
         print(f"{img}\tprototype {k}\tscore {s:.3f}")
-    return 0
+    return _report_unreadable(bad, len(args.images))

@@ -10,6 +10,7 @@ from typing import Any
 from swav.cli.common import progress_options
 from swav.config import build_config, describe_options, preset_summary, presets
 from swav.engine.recipe import suggest_recipe
+from swav.engine.run_dir import RunDir
 
 
 def register(sub: Any) -> None:
@@ -76,10 +77,19 @@ def _pretrain(args: argparse.Namespace) -> int:
         overrides.append(f"run_dir={args.run_dir}")
     preset = args.preset
     given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
-    if preset is None and "data.source" not in given:
+    saved = RunDir.of(given["run_dir"]).config if "run_dir" in given else None
+    if preset is None and "data.source" not in given and saved is not None and saved.is_file():
+        preset = str(saved)  # an existing run: its own settings, then the overrides
+        print(f"settings from {saved} (change any value with key=value)")
+    elif preset is None and "data.source" not in given:
         preset = "demo"  # nothing given: the offline recipe on the embedded digits
     elif preset is None:  # data but no preset: settings chosen from the data and the machine
-        recipe = suggest_recipe(given["data.source"], given.get("data.split") or None)
+        recipe = suggest_recipe(
+            given["data.source"],
+            given.get("data.split") or None,
+            root=given.get("data.root", "~/.cache/swav/datasets"),
+            download=given.get("data.download", "").lower() in ("true", "1", "yes"),
+        )
         if os.environ.get("RANK", "0") == "0":
             print(f"recipe for {given['data.source']} (change any value with key=value):")
             print("\n".join("  " + line for line in recipe.describe()))

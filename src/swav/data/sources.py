@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import tarfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,20 +195,11 @@ def tar_source(path: str | Path, split: str = "") -> ImageSource:
     except (tarfile.TarError, OSError) as e:
         raise DataError(f"{path} is not a readable tar archive: {e}") from e
     compressed = not str(path).endswith(".tar")
-    entries = []
-    with tf:
-        for m in tf:
-            if not m.isfile() or not _is_image(m.name):
-                continue
-            parts = Path(m.name).parts
-            if any(p.startswith(".") for p in parts):
-                continue
-            if split:
-                if split not in parts[:-1]:
-                    continue
-                parts = parts[parts.index(split) + 1 :]
-            data = _member_bytes(tf, m) if compressed else (str(path), m.offset_data, m.size)
-            entries.append((m.name, parts, data))
+    try:
+        with tf:
+            entries = _tar_entries(tf, path, split, compressed)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"archive {path} is damaged ({e}); download or copy it again") from e
     if not entries:
         where = f" in split {split!r}" if split else ""
         raise DataError(f"no images found{where} in archive {path}; check data.split")
@@ -222,6 +214,43 @@ def tar_source(path: str | Path, split: str = "") -> ImageSource:
         f"{path}:{split}" if split else str(path),
         [n for n, _, _ in entries],
     )
+
+
+def _tar_entries(
+    tf: tarfile.TarFile, path: Path, split: str, compressed: bool
+) -> list[tuple[str, tuple[str, ...], Any]]:
+    """(name, path parts below the split, bytes or (file, offset, size)) of every image."""
+    entries = []
+    for m in tf:
+        if not m.isfile() or not _is_image(m.name):
+            continue
+        parts = Path(m.name).parts
+        if any(p.startswith(".") for p in parts):
+            continue
+        if split:
+            if split not in parts[:-1]:
+                continue
+            parts = parts[parts.index(split) + 1 :]
+        data = _member_bytes(tf, m) if compressed else (str(path), m.offset_data, m.size)
+        entries.append((m.name, parts, data))
+    if not compressed:
+        _check_tar_complete(tf, path)
+    return entries
+
+
+def _check_tar_complete(tf: tarfile.TarFile, path: Path) -> None:
+    """tarfile stops without a word at a truncated header: an intact archive ends with zero
+    blocks (the end marker) after its last member, and every member's data fits in the file."""
+    members = tf.getmembers()
+    if members and members[-1].offset_data + members[-1].size > path.stat().st_size:
+        raise tarfile.ReadError(f"{members[-1].name} is cut short")
+    with open(path, "rb") as f:
+        f.seek(tf.offset)
+        tail = f.read(1 << 20)
+    if any(tail):
+        raise tarfile.ReadError(f"it ends inside a header after {len(members)} members")
+    if not tail:
+        raise tarfile.ReadError(f"it ends after {len(members)} members without the end marker")
 
 
 def digits_source(split: str = "train", seed: int = 0, test_fraction: float = 0.2) -> ImageSource:
@@ -265,8 +294,14 @@ def torchvision_source(name: str, root: str, split: str, download: bool) -> Imag
             ds = tvd.STL10(root, split=split or "train", download=download)
     except RuntimeError as e:
         raise DataError(
-            f"{name} is not in {root}: set data.download=true to download it, or data.root to "
-            f"where it is ({e})"
+            f"{name} is not in {root}: allow the download (data.download=true when training, "
+            "--download-data when evaluating), or set data.root to where it is"
+        ) from e
+    except OSError as e:  # urllib's URLError and friends: no internet, a proxy, a full disk
+        reason = getattr(e, "reason", None) or e
+        raise DataError(
+            f"could not download {name} into {root} ({reason}): without internet, fetch it on "
+            "another machine and copy it there (data.root), or train on a folder or archive"
         ) from e
     if name.startswith("cifar"):
         items, labels, classes = list(ds.data), [int(t) for t in ds.targets], list(ds.classes)

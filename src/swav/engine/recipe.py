@@ -79,23 +79,29 @@ def typical_size(source: ImageSource, samples: int = 64) -> int:
 
 
 def suggest_recipe(
-    source: str, split: str | None = None, gpus: int | None = None, size: int | None = None
+    source: str,
+    split: str | None = None,
+    gpus: int | None = None,
+    size: int | None = None,
+    root: str = "~/.cache/swav/datasets",
+    download: bool = False,
 ) -> Recipe:
     """Settings for pretraining on ``source`` (a folder or archive) on this machine.
 
     ``split``: the sub-folder to train on (default: ``train`` when there is one, else every
     image); ``gpus``: GPUs per node (default: those visible); ``size``: the images' shorter
-    side (default: measured on a sample)."""
+    side (default: measured on a sample); ``root`` / ``download``: where a torchvision dataset
+    is kept and whether it may be downloaded (``data.root`` / ``data.download``)."""
     if split is None:
-        split = "train" if _opens(source, "train") else ""
-    data = open_source(source, split)
+        split = "train" if _opens(source, "train", root) else ""
+    data = open_source(source, split, root, download)
     n = len(data)
     side = size or typical_size(data)
     gpus = torch.cuda.device_count() if gpus is None else gpus
     r = Recipe()
     r.set("data.source", source, "the data given")
     r.set("data.split", split, "the split given" if split else "every image")
-    held_out = _held_out_split(source, split)
+    held_out = _held_out_split(source, split, root)
     if held_out:
         r.set("data.eval_split", held_out, "the held-out split found beside it")
     _crops(r, side, gpus)
@@ -106,21 +112,23 @@ def suggest_recipe(
     return r
 
 
-def _held_out_split(source: str, split: str) -> str | None:
+def _held_out_split(source: str, split: str, root: str) -> str | None:
     """A split beside ``split`` to evaluate on (val, test, ...), if the data has one."""
     if not split:
         return None
-    return next((n for n in ("val", "test", "valid", "validation") if _opens(source, n)), None)
+    return next(
+        (n for n in ("val", "test", "valid", "validation") if _opens(source, n, root)), None
+    )
 
 
-def _opens(source: str, split: str) -> bool:
+def _opens(source: str, split: str, root: str = "~/.cache/swav/datasets") -> bool:
     """Whether ``source`` has a sub-folder / archive member ``split`` (a folder without it
     would read every image instead)."""
     folder = Path(source).expanduser()
     if folder.is_dir():
         return (folder / split).is_dir()
     try:
-        open_source(source, split)
+        open_source(source, split, root)
     except DataError:
         return False
     return True

@@ -9,6 +9,7 @@ JSON result per evaluation protocol), and what the demo and the report write.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,23 @@ def check_writable(path: str | Path, force: bool = False) -> Path:
         raise UsageError(f"{path} is a run's own checkpoint: write the output somewhere else")
     if path.exists() and not force:
         raise UsageError(f"{path} exists: choose another output, or pass --force to replace it")
+    return path
+
+
+def check_writable_dir(path: str | Path, what: str = "run directory") -> Path:
+    """``path`` as a folder to write into, checked before any work is done (nothing is
+    created): refused when it, or the nearest existing folder above it, is a file or is not
+    writable."""
+    path = Path(path).expanduser()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{what} {path}: {probe} is a file, not a folder; choose another {what}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"{what} {path}: {probe} is not writable; choose a folder you can write to"
+        )
     return path
 
 

@@ -25,7 +25,20 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"train.device: {name!r} is not a device; use auto, cpu or cuda") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={name}: this machine has no usable CUDA GPU; use train.device=cpu "
+            "(or auto, which picks the GPU when there is one)"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device={name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return device
 
 
 def cpu_supports_bf16() -> bool:

@@ -21,7 +21,7 @@ from swav.config import Config
 from swav.engine.checkpoint import atomic_save, safe_load
 from swav.engine.distributed import DistInfo
 from swav.engine.recovery import Adjustments
-from swav.engine.run_dir import CHECKPOINT_FORMAT, RunDir
+from swav.engine.run_dir import CHECKPOINT_FORMAT, RunDir, is_run_checkpoint
 from swav.engine.runtime import rng_state, set_rng_state
 from swav.errors import SwAVError
 from swav.model.swav import SwAV
@@ -39,6 +39,12 @@ def saved_state(run: RunDir, cfg: Config, allow_config_change: bool) -> dict[str
     if not run.checkpoint.exists():
         return None
     state = safe_load(run.checkpoint)
+    if not is_run_checkpoint(state):
+        raise ConfigMismatchError(
+            f"{run.checkpoint} is not a training checkpoint written by `swav pretrain` (no "
+            "training state, only weights?): training cannot resume from it; choose another "
+            "run_dir, or move the file away"
+        )
     if state.get("fingerprint") != cfg.fingerprint() and not allow_config_change:
         raise ConfigMismatchError(
             f"{run.path} holds a checkpoint of a different configuration: choose another "
@@ -46,6 +52,17 @@ def saved_state(run: RunDir, cfg: Config, allow_config_change: bool) -> dict[str
             "with the new settings"
         )
     return state
+
+
+def _model_changes(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """' (model.arch: resnet_tiny -> resnet18, ...)' for the model settings that differ."""
+    before, after = saved.get("model", {}), current.get("model", {})
+    changed = [
+        f"model.{k}: {before.get(k)} -> {after.get(k)}"
+        for k in after
+        if k in before and before[k] != after[k]
+    ]
+    return f" ({', '.join(changed)})" if changed else ""
 
 
 @dataclass
@@ -84,7 +101,14 @@ class RunState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as e:  # parameter names or shapes differ
+            raise ConfigMismatchError(
+                "the checkpoint's network does not fit these settings"
+                f"{_model_changes(state.get('config', {}), self.cfg.to_dict())}: settings that "
+                "change the network's shape cannot change on resume; choose another run_dir"
+            ) from e
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

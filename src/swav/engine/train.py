@@ -30,7 +30,7 @@ from swav.engine.health import COLLAPSE_ADVICE, Collapse, CollapseError, Collaps
 from swav.engine.logger import TrainLogger
 from swav.engine.optim import build_optimizer, lr_schedule, set_lr
 from swav.engine.recovery import plan_recovery
-from swav.engine.run_dir import RunDir
+from swav.engine.run_dir import RunDir, check_writable_dir
 from swav.engine.runtime import (
     StopFlag,
     configure_determinism,
@@ -154,6 +154,7 @@ def _pretrain(
     device = resolve_device(cfg.train.device, info.local_rank)
     validate(cfg, world_size=info.world_size)
     run = RunDir.of(cfg.run_dir)
+    check_writable_dir(run.path)
     saved = saved_state(run, cfg, allow_config_change)
 
     # -- model, objective, optimiser, data

@@ -11,7 +11,7 @@ from typing import Any
 
 from swav.data.sources import DataError, ImageSource, limit_source, open_source
 from swav.data.transforms import EvalTransform
-from swav.engine.run_dir import RunDir
+from swav.engine.run_dir import RunDir, check_writable_dir
 from swav.interop.checkpoints import LoadedModel, load_checkpoint
 from swav.model.features import Features, extract_features
 
@@ -93,6 +93,8 @@ def resolve_request(
     default to the pretraining configuration when the checkpoint carries one (else 224 px,
     ImageNet statistics). ``download`` fetches a released checkpoint into the cache;
     ``download_data`` lets a torchvision dataset download."""
+    if out:
+        check_writable_dir(Path(out).parent, "result folder")  # before any features are computed
     loaded = load_checkpoint(checkpoint, ignore=ignore, download=download)
     dcfg = loaded.pretraining.get("data", {})
     data = data or dcfg.get("source")

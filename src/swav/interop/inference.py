@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from swav.data.sources import ImageSource, load_rgb
+from swav.data.sources import DataError, ImageSource, load_rgb
 from swav.data.transforms import EvalTransform
 from swav.engine.run_dir import check_writable
 from swav.errors import UsageError
@@ -74,8 +74,44 @@ def save_embeddings(emb: Embeddings, out: str | Path, force: bool = False) -> li
     return [out, names]
 
 
+def unreadable_image(path: str | Path) -> str | None:
+    """Why ``path`` cannot be used as an image (a short reason), or None when it decodes."""
+    path = Path(path)
+    if path.is_dir():
+        return "a folder, not an image; for a folder use `swav embed`"
+    if not path.exists():
+        return "no such file"
+    if path.stat().st_size == 0:
+        return "empty file"
+    try:
+        load_rgb(path)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's decoders raise all three
+        return str(e).replace(str(path), "").strip(" :'\"") or type(e).__name__
+    return None
+
+
+def split_readable(paths: list[str]) -> tuple[list[str], list[str]]:
+    """``paths`` split into those that decode as images and one 'path (reason)' per other."""
+    good, bad = [], []
+    for p in paths:
+        reason = unreadable_image(p)
+        if reason is None:
+            good.append(p)
+        else:
+            bad.append(f"{p} ({reason})")
+    return good, bad
+
+
+def unreadable_error(bad: list[str], total: int) -> DataError:
+    """One error naming the images that could not be read."""
+    return DataError(f"{len(bad)} of {total} images could not be read: " + "; ".join(bad))
+
+
 def _images(paths: list[str], transform: EvalTransform) -> torch.Tensor:
-    return torch.stack([transform(load_rgb(p)) for p in paths])
+    good, bad = split_readable(paths)
+    if bad:
+        raise unreadable_error(bad, len(paths))
+    return torch.stack([transform(load_rgb(p)) for p in good])
 
 
 @torch.no_grad()
