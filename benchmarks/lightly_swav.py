@@ -132,8 +132,10 @@ def run_lightly(
             opt.step()
             losses.append((step, epoch + 1, float(loss.detach())))
             step += 1
-        row = {"epoch": epoch + 1, "train_seconds": round(time.time() - t0, 1)}
         final = epoch + 1 == epochs
+        if (epoch + 1) % max(1, args.eval_every) and not final:
+            continue  # measured at the same epochs as ours
+        row = {"epoch": epoch + 1, "train_seconds": round(time.time() - t0, 1)}
         row.update(evaluate(model.eval(), cfg, args.eval_limit, args.probe_epochs if final else 0))
         curve.append(row)
         print("lightly", row, flush=True)

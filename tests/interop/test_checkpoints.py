@@ -304,9 +304,13 @@ def test_every_command_taking_a_released_name_accepts_download(
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    from PIL import Image
+
+    image = str(tmp_path / "x.png")  # the images are checked first: a readable one
+    Image.new("RGB", (8, 8)).save(image)
     argv = {
-        "predict": ["predict", "x.jpg"],
-        "assign": ["assign", "x.jpg"],
+        "predict": ["predict", image],
+        "assign": ["assign", image],
         "export": ["export", "--out", str(tmp_path / "o.pth")],
         "eval": ["eval", "knn", "--data", "digits"],
     }[command]

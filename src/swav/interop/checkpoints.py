@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from swav.config import config_from_dict
 from swav.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
 from swav.engine.checkpoint import safe_load
 from swav.engine.run_dir import RunDir, is_run_checkpoint
 from swav.errors import SwAVError
+from swav.interop.heads import LinearHead, linear_layer, load_linear_head
 from swav.model.backbones import RESNET_SPECS, BasicBlock, Bottleneck, ResNet
 from swav.model.config import build_from_config
 from swav.model.swav import SwAV
@@ -53,7 +54,7 @@ class LoadedModel:
     model: SwAV
     layout: str
     arch: str
-    classifier: nn.Linear | None = None
+    classifier: LinearHead | None = None
     classes: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -159,31 +160,47 @@ def _head_sizes(sd: dict[str, Tensor]) -> tuple[int, int, list[int]]:
     return hidden, out, protos
 
 
+_MM_PROTOTYPES = re.compile(r"^head\.(?:loss_module\.|loss\.)?prototypes\.(.+)$")
+
+
 def _mmselfsup_to_reference(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """backbone.* -> trunk keys; the neck's linear/BN layers -> projection_head.0/1/3;
-    a head's *prototypes.weight -> prototypes.weight."""
+    """mmselfsup 0.x / 1.x and mmpretrain 1.x keys as this library names them.
+
+    ``backbone.*`` -> the trunk; the SwAV neck's ``projection_neck.{0,1,3}`` (or one linear
+    layer) -> ``projection_head.*``, its BatchNorm registered a second time as ``neck.bn``
+    (mmselfsup) or ``neck.norm`` (mmpretrain) checked equal and dropped; ``head.prototypes``
+    (mmselfsup 0.x), ``head.loss.prototypes`` (mmselfsup 1.x), ``head.loss_module.prototypes``
+    (mmpretrain 1.x) -> ``prototypes.*``; a linear classifier ``head.fc.*`` (mmpretrain) ->
+    ``fc.*``. Any other neck or head key is refused, so that nothing is dropped without a word."""
     out = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
     neck = {k[len("neck.") :]: v for k, v in sd.items() if k.startswith("neck.")}
-    linears = sorted(
-        {k.rsplit(".", 1)[0] for k, v in neck.items() if k.endswith(".weight") and v.dim() == 2}
-    )
-    bns = sorted({k.rsplit(".", 1)[0] for k in neck if k.endswith(".running_mean")})
-    if len(linears) == 2 and len(bns) == 1:
-        for dst, src in (
-            ("projection_head.0", linears[0]),
-            ("projection_head.1", bns[0]),
-            ("projection_head.3", linears[1]),
-        ):
-            for k, v in neck.items():
-                if k.startswith(src + "."):
-                    out[dst + k[len(src) :]] = v
-    elif len(linears) == 1 and not bns:
-        for k, v in neck.items():
-            if k.startswith(linears[0] + "."):
-                out["projection_head" + k[len(linears[0]) :]] = v
-    protos = [k for k in sd if k.startswith("head.") and k.endswith("prototypes.weight")]
-    if len(protos) == 1:
-        out["prototypes.weight"] = sd[protos[0]]
+    proj = {
+        k[len("projection_neck.") :]: v for k, v in neck.items() if k.startswith("projection_neck.")
+    }
+    out.update({"projection_head." + k: v for k, v in proj.items()})
+    left = [f"neck.{k}" for k in neck if not k.startswith("projection_neck.")]
+    for alias in ("bn", "norm"):
+        for k in [k for k in left if k.startswith(f"neck.{alias}.")]:
+            twin = proj.get("1." + k[len(f"neck.{alias}.") :])
+            if twin is None or not torch.equal(twin, sd[k]):
+                raise CheckpointError(
+                    f"{k} is not the projection's BatchNorm (neck.projection_neck.1): a neck "
+                    "of an unknown shape"
+                )
+            left.remove(k)
+    for k, v in sd.items():
+        m = _MM_PROTOTYPES.match(k)
+        if m:
+            out["prototypes." + m.group(1)] = v
+        elif k.startswith("head.fc."):
+            out["fc." + k[len("head.fc.") :]] = v
+        elif k.startswith("head."):
+            left.append(k)
+    if left:
+        raise CheckpointError(
+            f"keys of an unknown neck or head: {left[:6]}{' ...' if len(left) > 6 else ''}; "
+            "known: SwAVNeck (projection_neck), SwAVHead (prototypes), LinearClsHead (fc)"
+        )
     return out
 
 
@@ -200,11 +217,32 @@ def _check_parts(ignore: Iterable[str]) -> set[str]:
     return ignore
 
 
+def _refuse_orphan_prototypes(ignore: set[str], has_prototypes: bool) -> None:
+    if "projection_head" in ignore and "prototypes" not in ignore and has_prototypes:
+        raise CheckpointError(
+            "leaving out the projection head leaves the prototypes without their input: "
+            "ignore 'head' to leave out both, or 'prototypes' to keep the projection head"
+        )
+
+
+def drop_parts(model: SwAV, ignore: Iterable[str]) -> SwAV:
+    """``model`` without the parts named in ``ignore`` (projection_head, prototypes, head)."""
+    parts = _check_parts(ignore)
+    _refuse_orphan_prototypes(parts, model.prototypes is not None)
+    if "prototypes" in parts:
+        model.prototypes = None
+    if "projection_head" in parts:
+        model.projection_head = None
+        model.embedding_dim = model.num_features
+    return model
+
+
 def build_from_state_dict(sd: dict[str, Tensor], ignore: Iterable[str] = ()) -> tuple[SwAV, str]:
     """A SwAV model shaped after the tensors, with every tensor loaded (strict)."""
     ignore = _check_parts(ignore)
     name, kwargs = infer_resnet(sd)
     hidden, out, protos = _head_sizes(sd)
+    _refuse_orphan_prototypes(ignore, bool(protos))
     if "projection_head" in ignore:
         hidden = out = 0
     if "prototypes" in ignore:
@@ -273,6 +311,7 @@ def load_checkpoint(
         cfg = config_from_dict(obj["config"])
         model = build_from_config(cfg.model)
         model.load_state_dict(obj["model"], strict=True)
+        drop_parts(model, ignore)
         meta["config"] = obj["config"]
         meta["epoch"] = obj.get("epoch")
         return LoadedModel(model.eval(), layout, cfg.model.arch, None, None, meta)
@@ -292,31 +331,11 @@ def load_checkpoint(
     if "fc.weight" in sd:
         w, b = sd.pop("fc.weight"), sd.pop("fc.bias", None)
         if not {"fc", "classifier"} & set(ignore):
-            classifier = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
-            with torch.no_grad():
-                classifier.weight.copy_(w)
-                if b is not None:
-                    classifier.bias.copy_(b)
+            classifier = LinearHead(linear_layer(w, b)).eval()
     if layout == "torchvision":
         ignore = set(ignore) | {"head"}
     model, arch = build_from_state_dict(sd, ignore)
     return LoadedModel(model, layout, arch, classifier, classes, meta)
 
 
-def load_linear_head(path: str | Path) -> nn.Linear:
-    """The reference linear-evaluation head (``module.linear.weight`` / ``.bias``), or any file
-    with a single ``*.weight`` / ``*.bias`` pair of a linear layer."""
-    obj = safe_load(path)
-    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    sd = _strip(dict(sd), "module.")
-    weights = [k for k, v in sd.items() if k.endswith("weight") and v.dim() == 2]
-    if len(weights) != 1:
-        raise CheckpointError(f"{path}: expected one linear layer, found {weights}")
-    w = sd[weights[0]]
-    b = sd.get(weights[0][: -len("weight")] + "bias")
-    head = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
-    with torch.no_grad():
-        head.weight.copy_(w)
-        if b is not None:
-            head.bias.copy_(b)
-    return head
+__all__ = ["LoadedModel", "load_checkpoint", "load_linear_head", "detect_layout", "CheckpointError"]

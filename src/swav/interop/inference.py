@@ -14,6 +14,7 @@ from swav.data.transforms import EvalTransform
 from swav.engine.run_dir import check_writable
 from swav.errors import UsageError
 from swav.interop.checkpoints import CheckpointError
+from swav.interop.heads import LinearHead
 from swav.model.features import extract_features
 from swav.model.swav import SwAV
 
@@ -117,7 +118,7 @@ def _images(paths: list[str], transform: EvalTransform) -> torch.Tensor:
 @torch.no_grad()
 def predict(
     model: SwAV,
-    classifier: nn.Linear,
+    classifier: LinearHead,
     paths: list[str],
     transform: EvalTransform,
     classes: list[str] | None = None,
@@ -125,7 +126,8 @@ def predict(
 ) -> list[list[tuple[str, float]]]:
     """Top-k (class name, probability) per image, from backbone features and a linear head."""
     model.eval()
-    probs = torch.softmax(classifier(model.forward_backbone(_images(paths, transform))), dim=1)
+    classifier.eval().check(model)  # a head of another width is refused before any image is read
+    probs = torch.softmax(classifier.classify(model, _images(paths, transform)), dim=1)
     p, idx = probs.topk(min(topk, probs.shape[1]), dim=1)
     out = []
     for row_p, row_i in zip(p.tolist(), idx.tolist()):
