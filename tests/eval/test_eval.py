@@ -91,3 +91,14 @@ def test_cluster_metrics_match_sklearn():
     assert m["hungarian_acc"] == pytest.approx(80.0)
     assert m["prototypes_used"] == 3
     assert hungarian_accuracy(labels, labels + 10) == 100.0
+
+
+def test_lowshot_leaves_out_shots_the_smallest_class_cannot_supply(caplog, recwarn):
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 9 + [1] * 3 + [2] * 9)  # class 1 has 3 images
+    x = rng.normal(size=(len(y), 8)) + y[:, None]
+    with caplog.at_level("WARNING"):
+        r = lowshot_svm(x, y, x, y, shots=(1, 2, 3, 4, 8), draws=2)
+    assert sorted(r) == [1, 2, 3]
+    assert "k = 4, 8 left out: the smallest class has 3" in caplog.text
+    assert not [w for w in recwarn if "sklearn" in str(w.filename)]  # counted, not printed

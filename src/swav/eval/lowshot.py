@@ -4,10 +4,13 @@ cost by cross-validation on those samples, and report mean and spread over sever
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16, 32, 64, 96)
 COSTS = (0.01, 0.1, 1.0, 10.0)
@@ -34,7 +37,49 @@ def lowshot_svm(
     costs: Sequence[float] = COSTS,
     seed: int = 0,
 ) -> dict[int, dict[str, Any]]:
-    """Top-1 accuracy (%) mean / std / chosen costs per k."""
+    """Top-1 accuracy (%) mean / std / chosen costs per k, for every k that the smallest class
+    of the training data can supply (a larger k would repeat the largest one's samples); the
+    others are left out and logged. Solver warnings are counted, not printed one by one."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    smallest = int(np.unique(np.asarray(train_y), return_counts=True)[1].min())
+    skipped = [k for k in shots if k > smallest]
+    if skipped:
+        log.warning(
+            "low-shot: k = %s left out: the smallest class has %d training images",
+            ", ".join(map(str, skipped)),
+            smallest,
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        warnings.simplefilter("always", UserWarning)
+        out = _svm_per_shot(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            [k for k in shots if k <= smallest],
+            draws,
+            costs,
+            seed,
+        )
+    if caught:
+        log.warning("low-shot: the SVM solver warned %d times (%s)", len(caught), caught[0].message)
+    return out
+
+
+def _svm_per_shot(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    shots: Sequence[int],
+    draws: int,
+    costs: Sequence[float],
+    seed: int,
+) -> dict[int, dict[str, Any]]:
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.svm import LinearSVC
 
