@@ -1,3 +1,4 @@
+import json
 import math
 import os
 import signal
@@ -170,6 +171,35 @@ def test_sigkill_during_checkpointing_resumes_from_last_complete(tmp_path):
     assert r.epochs_done == done + 2
     epochs = [m["epoch"] for m in read_metrics(run) if m.get("kind") == "epoch"]
     assert epochs[-2:] == [done + 1, done + 2]
+    assert epochs == sorted(set(epochs))  # no record twice
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_resume_tidies_what_a_kill_left(tmp_path):
+    from swav.engine.curves import training_rows
+    from swav.engine.run_dir import RunDir
+
+    run = RunDir(tmp_path / "r")
+    pretrain(build_config(None, tiny_overrides(run.path, **{"train.epochs": 1})), progress=False)
+    before = run.metrics.read_text()
+    (run.path / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    with open(run.metrics, "a") as f:  # records of iterations the checkpoint never reached
+        f.write(json.dumps({"iteration": 3, "epoch": 2, "loss": 9.0, "lr": 0.1}) + "\n")
+        f.write(json.dumps({"kind": "epoch", "epoch": 2, "iteration": 6, "loss": 9.0}) + "\n")
+        f.write('{"iteration": 4, "ep')  # a line cut by the kill
+    assert (
+        run.trim_metrics(4) == 2  # the step of index 3 stays, the epoch record of 6 steps goes
+        and run.metrics.read_text()
+        == before + json.dumps({"iteration": 3, "epoch": 2, "loss": 9.0, "lr": 0.1}) + "\n"
+    )
+    pretrain(build_config(None, tiny_overrides(run.path, **{"train.epochs": 2})), progress=False)
+    assert not list(run.path.glob("*.tmp"))
+    records = run.read_metrics()
+    epochs = [m["epoch"] for m in records if m.get("kind") == "epoch"]
+    assert epochs == [1, 2] and 9.0 not in [m.get("loss") for m in records]
+    its = [r["iteration"] for r in records if "kind" not in r]
+    assert its == sorted(set(its))
+    assert [r["iteration"] for r in training_rows(run)] == its
 
 
 def test_interrupt_signal_saves_mid_epoch(tmp_path, monkeypatch):
@@ -191,6 +221,9 @@ def test_interrupt_signal_saves_mid_epoch(tmp_path, monkeypatch):
     r = pretrain(cfg, progress=False)
     monkeypatch.undo()
     assert r.interrupted
+    from swav.engine.run_dir import RunDir
+
+    assert not (run / "loss.png").exists() and "loss.png" not in RunDir(run).outputs()
     state = safe_load(run / "checkpoint.pt")
     assert state["epoch"] == 0 and state["next_batch"] == 2
     r2 = pretrain(cfg, progress=False)

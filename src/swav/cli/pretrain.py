@@ -113,10 +113,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     )
     if result.corrupt:
         print(f"skipped {len(result.corrupt)} unreadable images")
-    print(
-        f"run directory: {result.run_dir.resolve()} (checkpoint.pt, config.yaml, "
-        "metrics.jsonl, loss.png)"
-    )
+    files = RunDir.of(result.run_dir).outputs()
+    print(f"run directory: {result.run_dir.resolve()} ({', '.join(files)})")
     return 0
 
 

@@ -81,11 +81,57 @@ class RunDir:
         return sorted(self.eval_dir.glob("*.json")) if self.eval_dir.is_dir() else []
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """Every record of ``metrics.jsonl`` (empty when there is none yet)."""
+        """Every record of ``metrics.jsonl`` (empty when there is none yet). A line that does
+        not parse (a write cut short by a kill) is skipped."""
         if not self.metrics.exists():
             return []
+        records = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def trim_metrics(self, done: int) -> int:
+        """Drop the records of iterations after the first ``done``, the position of the
+        checkpoint a run resumes from (a run killed before its checkpoint caught up wrote them;
+        the resumed run writes them again), and lines cut short. Records up to the last
+        recovery stay: they are the evidence of a collapse. Returns how many were dropped."""
+        if not self.metrics.exists():
+            return 0
         lines = self.metrics.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        records = [_parse(line) for line in lines]
+        recoveries = [i for i, r in enumerate(records) if r and r.get("kind") == "recovery"]
+        start = recoveries[-1] + 1 if recoveries else 0
+        keep = [line for line, r in zip(lines[:start], records[:start]) if r is not None]
+        for line, record in zip(lines[start:], records[start:]):
+            if record is None:
+                continue
+            # per-iteration records carry the step's index, epoch records the steps done
+            last = done if record.get("kind") == "epoch" else done - 1
+            if record.get("iteration", last) <= last:
+                keep.append(line)
+        if len(keep) < len(lines):
+            tmp = self.metrics.with_name(self.metrics.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, self.metrics)
+        return len(lines) - len(keep)
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Remove the temporary files of saves cut short by a kill (never read: a save renames
+        its temporary file into place only once it is complete)."""
+        stale = [*self.path.glob(".*.tmp"), *self.path.glob("*.tmp")]
+        if (self.path / "checkpoints").is_dir():
+            stale += list((self.path / "checkpoints").glob("*.tmp"))
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
+
+    def outputs(self) -> list[str]:
+        """The names of the run's main files that exist."""
+        names = (self.checkpoint, self.config, self.metrics, self.loss_plot)
+        return [p.name for p in names if p.exists()]
 
     def read_config(self) -> dict[str, Any] | None:
         """The resolved configuration as a plain mapping, or None."""
@@ -104,6 +150,14 @@ def check_writable(path: str | Path, force: bool = False) -> Path:
     if path.exists() and not force:
         raise UsageError(f"{path} exists: choose another output, or pass --force to replace it")
     return path
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def check_writable_dir(path: str | Path, what: str = "run directory") -> Path:

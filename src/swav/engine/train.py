@@ -169,6 +169,8 @@ def _pretrain(
     t.apply_adjustments()
     if t.state.epoch >= cfg.train.epochs:
         return _finished(t)
+    if run.checkpoint.exists() and info.is_main:
+        _tidy_after_kill(run, t.state.epoch * t.iters + t.state.next_batch)
 
     # -- the run directory and the logger
     if info.is_main:
@@ -201,6 +203,20 @@ def _pretrain(
         healthy,
         recoveries,
     )
+
+
+def _tidy_after_kill(run: RunDir, iteration: int) -> None:
+    """What a killed run leaves behind: temporary files of a save, and records written after
+    its last checkpoint (the resumed run writes them again)."""
+    for p in run.remove_stale_temporaries():
+        log.info("removed %s, left by a save that was cut short", p)
+    dropped = run.trim_metrics(iteration)
+    if dropped:
+        log.info(
+            "metrics.jsonl: %d records after iteration %d dropped (written again)",
+            dropped,
+            iteration,
+        )
 
 
 def _finished(t: Trainer) -> TrainResult:
