@@ -266,6 +266,23 @@ def test_detectron2_export_names_and_shapes(tmp_path):
     assert "stem.conv1.norm.weight" in detectron2_names(model.backbone.state_dict())
 
 
+def test_exports_hold_no_local_paths_and_say_what_they_leave_out(tmp_path, caplog):
+    model = build_model("resnet18", hidden_mlp=32, output_dim=8, n_prototypes=10)
+    meta = {
+        "source": "/home/someone/runs/photos/checkpoint.pt",
+        "pretraining": {"run_dir": "/home/someone/runs/photos", "data": {"source": "/data/x.tar"}},
+    }
+    with caplog.at_level("INFO"):
+        export_model(model, tmp_path / "d2.pkl", "detectron2", meta)
+    assert "20 num_batches_tracked counters left out" in caplog.text
+    for fmt, name in (("detectron2", "d2.pkl"), ("torchvision", "tv.pth.json")):
+        if fmt != "detectron2":
+            export_model(model, tmp_path / "tv.pth", fmt, meta)
+        raw = (tmp_path / name).read_bytes()
+        assert b"/home/someone" not in raw and b"/data/" not in raw
+        assert b"checkpoint.pt" in raw and b"x.tar" in raw  # by name
+
+
 def test_damaged_files_are_called_damaged_not_unsafe(tmp_path):
     import argparse
 

@@ -18,3 +18,25 @@ def test_hub_entry_points_build_and_load(tmp_path):
     loaded = torch.hub.load(str(ROOT), "resnet18", source="local", weights=str(path))
     for k, v in src.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
+
+
+def test_hub_weights_must_match_the_entry_and_its_settings(tmp_path):
+    import pytest
+
+    from swav.errors import UsageError
+
+    src = build_model("resnet18", hidden_mlp=16, output_dim=8, n_prototypes=7)
+    path = tmp_path / "w.pth"
+    torch.save({"module." + k: v for k, v in src.state_dict().items()}, path)
+
+    def load(entry, **kw):
+        return torch.hub.load(str(ROOT), entry, source="local", weights=str(path), **kw)
+
+    with pytest.raises(UsageError, match="a resnet18 checkpoint, not resnet50"):
+        load("resnet50")
+    with pytest.raises(UsageError, match="n_prototypes=3000 was asked for, the weights have"):
+        load("resnet18", n_prototypes=3000)
+    with pytest.raises(UsageError, match="small_stem cannot be set"):
+        load("resnet18", small_stem=True)
+    assert load("resnet18", n_prototypes=7, output_dim=8).n_prototypes == [7]
+    assert load("resnet18", ignore=["prototypes"]).prototypes is None

@@ -322,7 +322,8 @@ def load_checkpoint(
         )
     sd = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
     if layout == "swav-export":
-        meta.update(obj["swav_meta"])
+        exported = dict(obj["swav_meta"])
+        meta.update(exported, source=str(p), exported_from=exported.get("source"))
         sd = dict(sd)
     elif layout == "mmselfsup":
         sd = _mmselfsup_to_reference(sd)

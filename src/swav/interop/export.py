@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from swav.engine.run_dir import check_writable
 from swav.errors import UsageError
 from swav.model.swav import SwAV
 
+log = logging.getLogger(__name__)
+
 FORMATS = ("torchvision", "timm", "safetensors", "detectron2", "swav")
 
 
@@ -32,7 +35,8 @@ def backbone_state_dict(model: SwAV) -> dict[str, torch.Tensor]:
 
 
 def detectron2_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torchvision ResNet names -> Detectron2 names (num_batches_tracked dropped)."""
+    """torchvision ResNet names -> Detectron2 names (num_batches_tracked counters left out:
+    Detectron2's batch norm has none)."""
     out = {}
     for k, v in sd.items():
         if k.endswith("num_batches_tracked"):
@@ -45,6 +49,24 @@ def detectron2_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         name = name.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
         out[name] = v
     return out
+
+
+def shareable_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` without local paths (an exported file is often shared): the source checkpoint,
+    the pretraining data and run directory are kept by name only."""
+    meta = json.loads(json.dumps(meta, default=str))
+    if meta.get("source"):
+        meta["source"] = Path(str(meta["source"])).name
+    pre = meta.get("pretraining")
+    if isinstance(pre, dict):
+        if pre.get("run_dir"):
+            pre["run_dir"] = Path(str(pre["run_dir"])).name
+        data = pre.get("data")
+        if isinstance(data, dict) and data.get("source") and "/" in str(data["source"]):
+            data["source"] = Path(str(data["source"])).name
+        if isinstance(data, dict) and data.get("root"):
+            data["root"] = Path(str(data["root"])).name
+    return meta
 
 
 def export_model(
@@ -60,7 +82,7 @@ def export_model(
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = check_writable(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(meta or {})
+    meta = shareable_meta(meta or {})
     meta.setdefault("num_features", int(model.num_features))
     meta["format"] = fmt
     written = [out]
@@ -78,7 +100,16 @@ def export_model(
             metadata={k: json.dumps(v, default=str) for k, v in meta.items()},
         )
     elif fmt == "detectron2":
-        model_d2 = {k: v.numpy() for k, v in detectron2_names(backbone_state_dict(model)).items()}
+        sd = backbone_state_dict(model)
+        model_d2 = {k: v.numpy() for k, v in detectron2_names(sd).items()}
+        counters = [k for k in sd if k.endswith("num_batches_tracked")]
+        if counters:
+            log.info(
+                "detectron2: %d num_batches_tracked counters left out (Detectron2's batch norm "
+                "has no such buffer; they do not affect the weights)",
+                len(counters),
+            )
+            meta["left_out"] = f"{len(counters)} num_batches_tracked counters"
         with open(out, "wb") as f:
             pickle.dump(
                 {
