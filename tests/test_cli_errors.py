@@ -58,3 +58,18 @@ def test_command_table_matches_what_each_group_registers():
     sub = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
     helps = {c.dest: c.help for c in sub._choices_actions}
     assert helps == {name: h for name, (_, h) in COMMANDS.items()}
+
+
+def test_error_messages_are_plain_single_lines():
+    from swav.cli import one_line
+
+    assert one_line("bad \x1b[31mred\x1b[0m name") == "bad red name"
+    assert one_line("first\n  second\n") == "first; second"
+    assert one_line("tab\there \x07bell") == "tab\\there \\x07bell"
+
+
+def test_a_file_name_with_escape_codes_reaches_the_terminal_inert(tmp_path, capsys):
+    weird = tmp_path / "photo\x1b[2J.pt"
+    assert main(["export", "--checkpoint", str(weird), "--out", str(tmp_path / "o.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and len(err.strip().splitlines()) == 1

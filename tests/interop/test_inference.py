@@ -161,3 +161,25 @@ def test_outputs_are_never_overwritten_without_force(tmp_path, capsys):
     emb = ["embed", "digits", "--split", "test", "--checkpoint", str(run), "--no-progress"]
     assert main([*emb, "--out", str(tmp_path / "f.npy")]) == 0
     assert main([*emb, "--out", str(tmp_path / "f.npy")]) == 2
+
+
+def test_embed_leaves_out_unreadable_images(run_dir, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "e.npy"
+    assert main(["embed", str(folder), "--checkpoint", str(run_dir), "--out", str(out)]) == 0
+    assert np.load(out).shape[0] == 3
+    names = (tmp_path / "e.names.txt").read_text().split()
+    assert names == ["0.png", "1.png", "2.png"]
+    assert "1 unreadable images left out" in capsys.readouterr().out
+    (folder / "0.png").write_bytes(b"")
+    for p in folder.glob("[12].png"):
+        p.write_bytes(b"")
+    assert (
+        main(["embed", str(folder), "--checkpoint", str(run_dir), "--out", str(out), "--force"])
+        == 2
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 from swav.errors import SwAVError
@@ -85,8 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     except SwAVError as e:
         if args.debug:
             raise
-        print(f"swav {args.command}: error: {e}", file=sys.stderr)
+        print(f"swav {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def one_line(message: str) -> str:
+    """``message`` as one line of plain text: terminal escape sequences removed, line breaks
+    joined, other control characters shown escaped (a file name may hold any of them)."""
+    text = _ANSI.sub("", message)
+    text = "; ".join(part.strip() for part in text.splitlines() if part.strip())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 __all__ = ["main", "build_parser"]

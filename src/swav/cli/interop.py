@@ -99,6 +99,8 @@ def _embed(args: argparse.Namespace) -> int:
     for f in save_embeddings(emb, args.out, force=args.force):
         print(f"wrote {f}")
     print(f"{emb.features.shape[0]} images x {emb.features.shape[1]} features")
+    if emb.skipped:
+        print(f"{len(emb.skipped)} unreadable images left out (named in the warning above)")
     return 0
 
 

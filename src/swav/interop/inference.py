@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,18 @@ from swav.interop.heads import LinearHead
 from swav.model.features import extract_features
 from swav.model.swav import SwAV
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Embeddings:
+    """One row of features per readable image, with its name and label (-1: none)."""
+
     features: np.ndarray
     names: list[str]
     labels: np.ndarray
+    skipped: list[str] = field(default_factory=list)
+    """The images that could not be read (no row)."""
 
 
 def embed(
@@ -35,11 +42,27 @@ def embed(
     device: str = "cpu",
     progress: bool = False,
 ) -> Embeddings:
-    """Backbone features in the source's (sorted, deterministic) order, with names."""
+    """Backbone features in the source's (sorted, deterministic) order, with names. Images
+    that cannot be read get no row: they are left out, named in ``skipped`` and logged."""
     f = extract_features(
         model, source, transform, batch_size, workers, device, with_scores=False, progress=progress
     )
-    return Embeddings(f.features.numpy(), source.item_names(), f.labels.numpy())
+    names = source.item_names()
+    ok = f.ok.tolist() if f.ok is not None else [True] * len(names)
+    skipped = [n for n, good in zip(names, ok) if not good]
+    if len(skipped) == len(names):
+        raise DataError(f"none of the {len(names)} images could be read: nothing to embed")
+    if skipped:
+        log.warning(
+            "%d of %d images could not be read and have no row: %s%s",
+            len(skipped),
+            len(names),
+            ", ".join(skipped[:5]),
+            " ..." if len(skipped) > 5 else "",
+        )
+    v = f.valid()
+    kept = [n for n, good in zip(names, ok) if good]
+    return Embeddings(v.features.numpy(), kept, v.labels.numpy(), skipped)
 
 
 def embedding_path(out: str | Path, force: bool = False) -> Path:
