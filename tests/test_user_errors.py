@@ -33,6 +33,11 @@ def files(tmp_path_factory):
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
             d / "flat" / f"{i}.png"
         )
+    for split in ("train", "val"):  # an unlabelled tree: one folder level above the images
+        (d / "nested" / split / "a" / "b").mkdir(parents=True)
+        for i in range(3):
+            img = Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+            img.save(d / "nested" / split / "a" / "b" / f"{i}.png")
     good = (d / "labelled" / "a" / "0.png").read_bytes()
     (d / "empty.jpg").write_bytes(b"")
     (d / "truncated.png").write_bytes(good[: len(good) // 2])
@@ -107,7 +112,15 @@ CASES = {
     ),
     "eval knn on a folder without classes": (
         ["eval", "knn", "--checkpoint", "{d}/run", "--data", "{d}/flat"],
-        "has no labels",
+        "has no 'train' sub-folder",
+    ),
+    "eval knn on a nested unlabelled tree": (
+        ["eval", "knn", "--checkpoint", "{d}/run", "--data", "{d}/nested", "--k", "2"],
+        "has one class ('a')",
+    ),
+    "eval knn with a test split that is not there": (
+        ["eval", "knn", "--checkpoint", "{d}/run", "--data", "{d}/nested", "--test-split", "test"],
+        "no 'test' sub-folder",
     ),
     "eval knn with a negative k": (
         ["eval", "knn", "--checkpoint", "{d}/run", "--data", "digits", "--k", "-3"],

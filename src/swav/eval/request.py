@@ -72,6 +72,35 @@ class EvalRequest:
         ).valid()
 
 
+HELD_OUT_NAMES = ("val", "test", "valid", "validation")
+
+
+def _folder_splits(
+    data: str, train: str | None, test: str | None, dcfg: dict[str, Any]
+) -> tuple[str, str]:
+    """The training and test sub-folders of a folder, which must exist (a folder reads every
+    image when its split is missing, which here would test on the training images). A test
+    split not given is the first of the pretraining's eval split, val, test, valid, validation
+    that is there."""
+    folder = Path(data).expanduser()
+    present = {d.name for d in folder.iterdir() if d.is_dir()}
+    advice = (
+        "give a folder with train/ and val/ (or test/) class folders, or name its sub-folders "
+        "with --train-split / --test-split"
+    )
+    train = train if train is not None else "train"
+    if train not in present:
+        raise DataError(f"{data} has no '{train}' sub-folder to train on: {advice}")
+    if test is None:
+        wanted = [dcfg.get("eval_split"), *HELD_OUT_NAMES]
+        test = next((n for n in wanted if n and n in present and n != train), None)
+        if test is None:
+            raise DataError(f"{data} has no held-out sub-folder beside '{train}': {advice}")
+    elif test not in present:
+        raise DataError(f"{data} has no '{test}' sub-folder to test on: {advice}")
+    return train, test
+
+
 def resolve_request(
     checkpoint: str | Path,
     data: str | None = None,
@@ -100,6 +129,8 @@ def resolve_request(
     data = data or dcfg.get("source")
     if not data:
         raise DataError("no data given: pass --data (a labelled folder, archive or dataset)")
+    if Path(data).expanduser().is_dir():
+        train_split, test_split = _folder_splits(data, train_split, test_split, dcfg)
     train_split = train_split if train_split is not None else dcfg.get("split", "train")
     test_split = test_split if test_split is not None else dcfg.get("eval_split", "val")
     root = dcfg.get("root", "~/.cache/swav/datasets")
@@ -109,6 +140,11 @@ def resolve_request(
         if not src.labelled:
             raise DataError(f"the {name} split of {data} has no labels (class folders)")
         splits.append(src)
+    if len(set(splits[0].labels)) < 2:
+        raise DataError(
+            f"the training split of {data} has one class ({splits[0].classes[0]!r}): evaluation "
+            "needs two or more class folders (an unlabelled tree such as a/b/*.jpg is one class)"
+        )
     if splits[0].origin == splits[1].origin:
         raise DataError(
             f"{data} has no separate '{train_split}' and '{test_split}' splits, so the test "
