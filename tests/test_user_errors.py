@@ -38,6 +38,11 @@ def files(tmp_path_factory):
         for i in range(3):
             img = Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
             img.save(d / "nested" / split / "a" / "b" / f"{i}.png")
+    (d / "all_corrupt").mkdir()
+    for i in range(8):
+        (d / "all_corrupt" / f"{i}.jpg").write_bytes(
+            rng.integers(0, 255, 300, dtype=np.uint8).tobytes()
+        )
     good = (d / "labelled" / "a" / "0.png").read_bytes()
     (d / "empty.jpg").write_bytes(b"")
     (d / "truncated.png").write_bytes(good[: len(good) // 2])
@@ -72,6 +77,11 @@ CASES = {
     "unknown backbone": (
         ["pretrain", "--preset", "demo", "model.arch=resnet999", "--run-dir", "{t}/r"],
         "unknown backbone 'resnet999'",
+    ),
+    "every training image unreadable": (
+        ["pretrain", "--preset", "demo", "data.source={d}/all_corrupt", "train.batch_size=4"]
+        + ["--run-dir", "{t}/r"],
+        "none of the images of the first 2 batches could be read",
     ),
     "run directory is a file": (
         ["pretrain", "--preset", "demo", "--run-dir", "{d}/a_file"],

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from swav.config import Config, resolve_run_length, save_config, validate
 from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
 from swav.data.multicrop import MultiCrop
-from swav.data.sources import training_source
+from swav.data.sources import DataError, training_source
 from swav.engine.checkpoint import keep_copy, safe_load
 from swav.engine.curves import plot_loss_curve
 from swav.engine.distributed import DistInfo, any_rank, init_distributed, shutdown
@@ -181,7 +181,11 @@ def _pretrain(
         t.state.save(run.healthy_checkpoint)  # where a collapse in the first epoch rewinds to
 
     # -- the epochs
-    interrupted = _train_epochs(t, stop_after_epoch)
+    try:
+        interrupted = _train_epochs(t, stop_after_epoch)
+    except BaseException:
+        t.logger.close()  # the progress bar ends its line before any error is shown
+        raise
     healthy = t.logger.monitor.healthy
     recoveries = t.state.adjustments.recoveries
     t.logger.record("end", epoch=t.state.epoch, healthy=healthy, recoveries=len(recoveries))
@@ -445,13 +449,16 @@ def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) ->
     t.sampler.set_epoch(epoch, first_batch)
     t.model.train()
     logger.start_epoch(epoch, first_batch)
+    steps = 0
     for batch_idx, (crops, _labels, _idx, bad) in enumerate(t.loader, start=first_batch):
         iteration = epoch * t.iters + batch_idx
         if bad:
             t.state.corrupt += logger.skipped(bad)
         crops = _to_device(t, crops)
         if crops is None:
+            _refuse_unreadable_data(t, steps, batch_idx - first_batch + 1)
             continue
+        steps += 1
         lr = float(t.schedule[iteration]) * t.lr_scale
         set_lr(t.state.optimizer, lr)
         step = training_step(t, crops, iteration, epoch)
@@ -473,6 +480,23 @@ def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) ->
     if collapse is not None and t.cfg.train.on_collapse != "warn":
         return collapse
     return False
+
+
+UNREADABLE_BATCHES = 20
+"""Batches without two readable images, at the start of an epoch, after which the data is
+declared unreadable."""
+
+
+def _refuse_unreadable_data(t: Trainer, steps: int, batches: int) -> None:
+    """Stop, before anything is saved, when no batch of the epoch so far could be trained on
+    (every image unreadable), instead of finishing a run that learned nothing."""
+    if steps or batches < min(UNREADABLE_BATCHES, t.iters):
+        return
+    names = ", ".join(t.state.corrupt[-3:])
+    raise DataError(
+        f"none of the images of the first {batches} batches could be read (e.g. {names}): "
+        f"check data.source ({t.cfg.data.source}); no checkpoint was written"
+    )
 
 
 def training_step(t: Trainer, crops: list[Tensor], iteration: int, epoch: int) -> SwAVStep:
