@@ -9,6 +9,7 @@ from typing import Any
 
 from swav.cli.common import progress_options
 from swav.config import build_config, describe_options, preset_summary, presets
+from swav.engine.launch import resolve_launch
 from swav.engine.recipe import suggest_recipe
 from swav.engine.run_dir import RunDir
 
@@ -90,7 +91,7 @@ def _pretrain(args: argparse.Namespace) -> int:
             root=given.get("data.root", "~/.cache/swav/datasets"),
             download=given.get("data.download", "").lower() in ("true", "1", "yes"),
         )
-        if os.environ.get("RANK", "0") == "0":
+        if resolve_launch(os.environ).rank == 0:
             print(f"recipe for {given['data.source']} (change any value with key=value):")
             print("\n".join("  " + line for line in recipe.describe()))
         overrides = recipe.overrides() + overrides

@@ -1,5 +1,6 @@
-"""Multi-process training with torch.distributed (launched by torchrun or any launcher that sets
-RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT)."""
+"""Multi-process training with torch.distributed, launched by torchrun, by SLURM's srun (see
+``swav.engine.launch``) or any launcher that sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from swav.engine.launch import resolve_launch
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +34,28 @@ class DistInfo:
 
 
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group described by the environment (NCCL on CUDA, Gloo on CPU)."""
+    """Join the process group of the launch (torchrun, srun, or none: see
+    ``swav.engine.launch``), with NCCL on CUDA and Gloo on the CPU."""
     if dist.is_available() and dist.is_initialized():
         return DistInfo(
             dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
         )
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    launch = resolve_launch(os.environ)
+    if launch.world_size <= 1:
         return DistInfo()
+    os.environ.update(launch.env())  # srun's variables, as env:// reads them
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
-    info = DistInfo(
-        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owned=True
+    info = DistInfo(dist.get_rank(), dist.get_world_size(), launch.local_rank, owned=True)
+    log.info(
+        "process %d of %d (%s, launched by %s, rendezvous %s:%d)",
+        info.rank,
+        info.world_size,
+        backend,
+        launch.launcher,
+        launch.master_addr,
+        launch.master_port,
     )
-    log.info("process %d of %d (%s)", info.rank, info.world_size, backend)
     return info
 
 
