@@ -84,6 +84,9 @@ class TrainConfig:
     """Iterations between log lines and host syncs (loss, entropy, prototypes in use)."""
     save_every: int = 0
     """Keep a copy of the checkpoint every N epochs in checkpoints/ (0: only the latest)."""
+    save_every_iters: int = 0
+    """Also write checkpoint.pt every N iterations within an epoch (0: at epoch ends only), so
+    that a kill without warning loses at most N steps; long epochs on many GPUs want this."""
     collapse_patience: int | str = 200
     """Iterations (or a percentage of the run's, '3%') that the collapse signals (uniform codes,
     embeddings collapsed to one point, loss at ln K) must last, after the prototypes are
@@ -113,7 +116,14 @@ class Config:
     def fingerprint(self) -> str:
         """Hash of the settings that define a run (not of run-length or logistics settings)."""
         d = self.to_dict()
-        logistics = ("epochs", "log_every", "save_every", "device", "iters_per_epoch")
+        logistics = (
+            "epochs",
+            "log_every",
+            "save_every",
+            "save_every_iters",
+            "device",
+            "iters_per_epoch",
+        )
         for key in (*logistics, "on_collapse", "max_recoveries"):
             d["train"].pop(key)
         for key in ("workers", "root", "download", "eval_split"):
@@ -356,6 +366,7 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
     _check(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     _check(t.iters_per_epoch >= 0, "train.iters_per_epoch", "must be >= 0")
     _check(t.save_every >= 0, "train.save_every", "must be >= 0")
+    _check(t.save_every_iters >= 0, "train.save_every_iters", "must be >= 0 (0: epoch ends only)")
     _check_run_length(t.collapse_patience, "train.collapse_patience")
     _check(
         t.on_collapse in ON_COLLAPSE,

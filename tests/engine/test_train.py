@@ -226,8 +226,30 @@ def test_interrupt_signal_saves_mid_epoch(tmp_path, monkeypatch):
     assert not (run / "loss.png").exists() and "loss.png" not in RunDir(run).outputs()
     state = safe_load(run / "checkpoint.pt")
     assert state["epoch"] == 0 and state["next_batch"] == 2
+    assert r.stop_signal == signal.SIGTERM
     r2 = pretrain(cfg, progress=False)
-    assert r2.epochs_done == 1 and not r2.interrupted
+    assert r2.epochs_done == 1 and not r2.interrupted and r2.stop_signal is None
+
+
+def test_save_every_iters_checkpoints_within_the_epoch(tmp_path, monkeypatch):
+    from swav.engine.state import RunState
+
+    saved = []
+    real = RunState.save
+
+    def recording(self, path):
+        if path.name == "checkpoint.pt":
+            saved.append((self.epoch, self.next_batch))
+        return real(self, path)
+
+    monkeypatch.setattr(RunState, "save", recording)
+    over = {"train.iters_per_epoch": 5, "train.epochs": 2, "train.save_every_iters": 2}
+    pretrain(build_config(None, tiny_overrides(tmp_path / "r", **over)), progress=False)
+    assert saved == [(0, 2), (0, 4), (1, 0), (1, 1), (1, 3), (2, 0)]
+    # a logistics setting: changing it does not change the run's identity
+    over["train.save_every_iters"] = 0
+    over["train.epochs"] = 3
+    pretrain(build_config(None, tiny_overrides(tmp_path / "r", **over)), progress=False)
 
 
 def test_multicrop_on_device_trains_and_resumes_exactly(tmp_path):
@@ -265,3 +287,21 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path, capsys):
     argv = ["pretrain", "--preset", "defaults", *tiny_overrides(run, **{"train.epochs": 1})]
     assert main([*argv, "--no-progress"]) == 0
     assert "already finished its 1 epochs; nothing changed" in capsys.readouterr().out
+
+
+def test_a_run_stopped_by_a_signal_exits_non_zero(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = tmp_path / "sig"
+    args = tiny_overrides(run, **{"train.iters_per_epoch": 200, "train.epochs": 1})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "swav.cli", "pretrain", "--no-progress", *args]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "stopped (resume by running the same command)" in out
+    assert safe_load(run / "checkpoint.pt")["next_batch"] > 0  # saved mid-epoch

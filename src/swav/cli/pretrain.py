@@ -116,7 +116,8 @@ def _pretrain(args: argparse.Namespace) -> int:
         print(f"skipped {len(result.corrupt)} unreadable images")
     files = RunDir.of(result.run_dir).outputs()
     print(f"run directory: {result.run_dir.resolve()} ({', '.join(files)})")
-    return 0
+    # stopped by a signal: not a success, so that schedulers and torchrun see it (128 + signal)
+    return 128 + result.stop_signal if result.stop_signal else 0
 
 
 def _demo(args: argparse.Namespace) -> int:

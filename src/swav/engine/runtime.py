@@ -105,6 +105,8 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.set = False
+        self.signum: int | None = None
+        """The first signal received (None: none)."""
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> StopFlag:
@@ -117,7 +119,7 @@ class StopFlag:
         if self.set:
             raise KeyboardInterrupt
         log.warning("signal %d: saving a checkpoint at the end of this iteration", signum)
-        self.set = True
+        self.set, self.signum = True, signum
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ class TrainResult:
     """One entry per recovery from collapse: the evidence and what was changed."""
     already_finished: bool = False
     """The run directory held a finished run: nothing was trained or written."""
+    stop_signal: int | None = None
+    """The signal (SIGINT, SIGTERM) that stopped the run early, on every rank."""
 
 
 @dataclass
@@ -87,6 +90,8 @@ class Trainer:
     autocast: Any
     base_swav: SwAVConfig
     logger: TrainLogger | None = None
+    stop_signal: int | None = None
+    """The signal that stopped the run (on every rank, whichever rank received it)."""
 
     @property
     def iters(self) -> int:
@@ -206,6 +211,7 @@ def _pretrain(
         t.core,
         healthy,
         recoveries,
+        stop_signal=t.stop_signal,
     )
 
 
@@ -383,9 +389,10 @@ def _train_epochs(t: Trainer, stop_after_epoch: int | None) -> bool:
             t.checkpoint(epoch + 1, 0)
             _keep_copies(t, epoch + 1)
             epoch += 1
-            if t.stop_requested(stop.set) or (
-                stop_after_epoch is not None and epoch >= stop_after_epoch
-            ):
+            if t.stop_requested(stop.set):
+                t.stop_signal = stop.signum or int(signal.SIGTERM)
+                return epoch < epochs
+            if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 return epoch < epochs
     return False
 
@@ -465,15 +472,19 @@ def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) ->
         images = crops[0].shape[0] * t.dist.world_size
         logger.step(iteration, step.loss, lr, step.codes, images, step.spread)
         stop_now = stop.set
-        if t.dist.enabled:  # ranks agree on when to stop, at log boundaries only
-            stop_now = logger.due and any_rank(stop.set, t.device)
+        if t.dist.enabled:  # ranks agree on when to stop, every iteration (one float)
+            stop_now = any_rank(stop.set, t.device)
         collapse = None
         if logger.due or stop_now:
             collapse = t.agree(logger.flush(t.objective.queue_active(epoch), hint))
         logger.advance()
         if stop_now:
+            t.stop_signal = stop.signum or int(signal.SIGTERM)
             t.checkpoint(epoch, batch_idx + 1)
             return True
+        every = t.cfg.train.save_every_iters
+        if every and (iteration + 1) % every == 0 and batch_idx + 1 < t.iters:
+            t.checkpoint(epoch, batch_idx + 1)  # within the epoch; its end saves anyway
         if collapse is not None and t.cfg.train.on_collapse != "warn":
             return collapse
     collapse = t.agree(logger.flush(t.objective.queue_active(epoch), hint))
