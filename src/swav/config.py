@@ -84,6 +84,10 @@ class TrainConfig:
     """Iterations between log lines and host syncs (loss, entropy, prototypes in use)."""
     save_every: int = 0
     """Keep a copy of the checkpoint every N epochs in checkpoints/ (0: only the latest)."""
+    global_batch: int = 0
+    """The global batch (batch_size x processes) the learning rate is set for; presets state
+    it. A run whose global batch differs scales optim.base_lr / final_lr / start_warmup by
+    actual / global_batch (the linear rule) and says so; 0: use the learning rate as given."""
     save_every_iters: int = 0
     """Also write checkpoint.pt every N iterations within an epoch (0: at epoch ends only), so
     that a kill without warning loses at most N steps; long epochs on many GPUs want this."""
@@ -366,6 +370,7 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
     _check(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     _check(t.iters_per_epoch >= 0, "train.iters_per_epoch", "must be >= 0")
     _check(t.save_every >= 0, "train.save_every", "must be >= 0")
+    _check(t.global_batch >= 0, "train.global_batch", "must be >= 0 (0: not stated)")
     _check(t.save_every_iters >= 0, "train.save_every_iters", "must be >= 0 (0: epoch ends only)")
     _check_run_length(t.collapse_patience, "train.collapse_patience")
     _check(

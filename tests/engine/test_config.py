@@ -77,3 +77,22 @@ def test_resolved_config_written(tmp_path):
     pretrain(cfg, progress=False)
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert saved["train"]["batch_size"] == 16 and saved["model"]["arch"] == "resnet_tiny"
+
+
+def test_learning_rate_follows_the_global_batch_the_preset_states():
+    from swav.engine.train import lr_batch_scale
+
+    cfg = build_config("imagenet_800ep_bs4096", [])
+    assert cfg.train.global_batch == cfg.train.batch_size * 64 == 4096
+    assert lr_batch_scale(cfg, 64) == (1.0, None)
+    factor, note = lr_batch_scale(cfg, 8)  # 8 x 64 = 512
+    assert factor == 512 / 4096
+    assert "global batch 512 (8 x 64) instead of the 4096" in note and "4.8 -> 0.6" in note
+    small = build_config("imagenet_200ep_bs256_queue", [])
+    assert lr_batch_scale(small, 4) == (1.0, None)
+    assert lr_batch_scale(small, 1)[0] == 0.25
+    kept = build_config("imagenet_800ep_bs4096", ["train.global_batch=0"])
+    assert lr_batch_scale(kept, 8) == (1.0, None)  # as given
+    for name in presets():
+        c = build_config(name, [])
+        assert c.train.global_batch % c.train.batch_size == 0, name  # a whole number of processes

@@ -276,6 +276,9 @@ def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir
     for note in notes if info.is_main else []:
         log.info("schedule: %s", note)
     schedule = _lr_schedule(cfg, info.world_size, sampler.batches)
+    note = lr_batch_scale(cfg, info.world_size)[1]
+    if note and info.is_main:
+        log.warning("%s", note)
     o = cfg.optim
     optimizer = build_optimizer(
         core,
@@ -322,9 +325,27 @@ def _frozen_iterations(swav: SwAVConfig) -> int:
     return int(absolute(swav.freeze_prototypes_niters, "swav.freeze_prototypes_niters"))
 
 
+def lr_batch_scale(cfg: Config, world_size: int) -> tuple[float, str | None]:
+    """The factor on the configured learning rates for this world size, and a line for the
+    log when the global batch is not the one they were set for."""
+    actual = cfg.train.batch_size * world_size
+    if cfg.optim.scale_lr:
+        return actual / 256, None
+    stated = cfg.train.global_batch
+    if not stated or stated == actual:
+        return 1.0, None
+    factor = actual / stated
+    return factor, (
+        f"global batch {actual} ({world_size} x {cfg.train.batch_size}) instead of the "
+        f"{stated} the learning rate was set for: optim.base_lr {cfg.optim.base_lr:g} -> "
+        f"{cfg.optim.base_lr * factor:g} (linear scaling; train.global_batch={actual} keeps "
+        "it as given)"
+    )
+
+
 def _lr_schedule(cfg: Config, world_size: int, iters: int) -> np.ndarray:
     o = cfg.optim
-    scale = cfg.train.batch_size * world_size / 256 if o.scale_lr else 1.0
+    scale, _ = lr_batch_scale(cfg, world_size)
     return lr_schedule(
         o.base_lr * scale,
         o.final_lr * scale,
