@@ -276,9 +276,9 @@ def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir
     for note in notes if info.is_main else []:
         log.info("schedule: %s", note)
     schedule = _lr_schedule(cfg, info.world_size, sampler.batches)
-    note = lr_batch_scale(cfg, info.world_size)[1]
-    if note and info.is_main:
-        log.warning("%s", note)
+    batch_note = lr_batch_scale(cfg, info.world_size)[1]
+    if batch_note and info.is_main:
+        log.warning("%s", batch_note)
     o = cfg.optim
     optimizer = build_optimizer(
         core,
