@@ -34,8 +34,21 @@ def register(sub: Any) -> None:
         p = es.add_parser(name, help=protocol.help, description=protocol.help, parents=parents)
         add_settings_arguments(p, protocol.settings)
         p.set_defaults(func=_eval)
-    r = sub.add_parser("report", help="gather a run's results into RUN_DIR/REPORT.md")
+    r = sub.add_parser(
+        "report",
+        help="a run's results in one page: REPORT.md, or report.html with --html",
+        parents=[progress_options()],
+    )
     r.add_argument("run_dir")
+    r.add_argument(
+        "--html",
+        action="store_true",
+        help="write RUN_DIR/report.html: configuration, curves, evaluations, galleries, "
+        "embedding map and health warnings, in one self-contained page",
+    )
+    r.add_argument("--data", default=None, help="images for the galleries (default: the run's)")
+    r.add_argument("--limit", type=int, default=1000, help="images in the galleries (1000)")
+    r.add_argument("--no-pictures", action="store_true", help="leave out galleries and map")
     r.set_defaults(func=_report)
 
 
@@ -67,6 +80,18 @@ def _eval(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from swav.report import write_report
 
+    if args.html:
+        from swav.viz.html import write_html_report
+
+        page = write_html_report(
+            args.run_dir,
+            data=args.data,
+            limit=args.limit,
+            pictures=not args.no_pictures,
+            progress=not args.no_progress,
+        )
+        print(f"written to {page.resolve()} (open it in a browser)")
+        return 0
     path = write_report(args.run_dir)
     print(f"{path.read_text()}\nwritten to {path}")
     return 0

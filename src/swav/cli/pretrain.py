@@ -133,10 +133,16 @@ def _demo(args: argparse.Namespace) -> int:
         f"{report['train_seconds']:.0f} s, final loss {report['final_loss']:.3f}"
     )
     print(format_demo_report(report))
+    page = RunDir.of(report["run_dir"]).path / "report.html"
+    if not (report.get("already_finished") and page.exists()):  # a finished demo is not redone
+        from swav.viz.html import write_html_report
+
+        page = write_html_report(report["run_dir"], progress=False)
     print(
         f"\noutputs in {report['run_dir']}: loss.png (loss curve), metrics.jsonl, "
         "checkpoint.pt, demo_results.json"
     )
+    print(f"the report, with curves, prototype galleries and a map of the features: {page}")
     return 0
 
 
