@@ -191,3 +191,12 @@ def test_recovery_changes_what_the_evidence_points_to():
     )
     assert again.lr_scale == 0.5 and again.epsilon == 0.025 and len(again.recoveries) == 2
     assert Adjustments.from_state(again.state_dict()) == again
+
+
+def test_run_eta_reads_as_a_duration():
+    from swav.engine.logger import run_eta
+
+    assert run_eta(100, 0.5) == "00:00:50"
+    assert run_eta(7200, 1.0) == "02:00:00"
+    assert run_eta(100000, 1.0) == "1d 03:46:40"
+    assert run_eta(-5, 1.0) == "00:00:00"

@@ -194,7 +194,9 @@ class TrainLogger:
             self.writer.write({"kind": "collapse", **asdict(collapse)})
         if self._bar is not None:
             shown = {"loss": f"{values[-1]:.3f}", "lr": f"{pending[-1][2]:.3g}"}
-            self._bar.set_postfix(**shown, img_s=f"{images_per_s:.0f}")
+            left = self.epochs * self.iters - (pending[-1][0] + 1)
+            eta = run_eta(left, elapsed / len(pending))
+            self._bar.set_postfix(**shown, img_s=f"{images_per_s:.0f}", run_left=eta)
         self.writer.flush()
         self.last_loss = values[-1]
         self._window_start, self._window_images = time.perf_counter(), 0
@@ -248,6 +250,15 @@ class TrainLogger:
             self._bar.close()
             self._bar = None
         self.writer.close()
+
+
+def run_eta(iterations_left: int, seconds_per_iteration: float) -> str:
+    """The time the whole run still needs, as ``1d 02:03:04`` / ``02:03:04``."""
+    total = int(round(max(0, iterations_left) * seconds_per_iteration))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {text}" if days else text
 
 
 def _non_finite_message(value: float, iteration: int, epoch: int, checkpoint: str) -> str:

@@ -154,6 +154,7 @@ def _semisup(req: EvalRequest, s: SemisupSettings) -> Outcome:
         trunk_lr,
         head_lr,
         seed=req.seed,
+        progress=req.progress,
     ).as_dict()
     settings = {
         "fraction": s.fraction,

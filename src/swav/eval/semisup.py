@@ -65,6 +65,7 @@ def finetune(
     milestones: tuple[float, float] = (0.6, 0.8),
     device: str = "cpu",
     seed: int = 0,
+    progress: bool = False,
 ) -> LinearResult:
     """Fine-tune backbone + new linear head on ``train_source[indices]`` (``TrainTransform``
     crops at the size of ``transform``); top-1/5 on the test source through ``transform``."""
@@ -92,7 +93,12 @@ def finetune(
         generator=g,
         drop_last=len(indices) > batch_size,
     )
-    for _ in range(epochs):
+    epoch_iter: Any = range(epochs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        epoch_iter = tqdm(epoch_iter, desc="fine-tuning", unit="epoch")
+    for _ in epoch_iter:
         trunk.train()
         classifier_epoch(loader, lambda x: head(trunk(x)), opt, device, min_batch=2)
         sched.step()

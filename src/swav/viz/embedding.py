@@ -5,6 +5,7 @@ with the images themselves."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,10 @@ def project_2d(
     perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
     log.info("t-SNE of %d images (perplexity %.0f) ...", len(x), perplexity)
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
-    return np.asarray(tsne.fit_transform(x)), "t-SNE"
+    t0 = time.perf_counter()
+    xy = np.asarray(tsne.fit_transform(x))
+    log.info("t-SNE done in %.0f s", time.perf_counter() - t0)
+    return xy, "t-SNE"
 
 
 def draw_embedding(
