@@ -97,3 +97,22 @@ def test_eval_refuses_what_would_give_a_wrong_answer(
     err = capsys.readouterr().err
     assert code == 2 and words in err and "Traceback" not in err
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.csv.npy").exists()
+
+
+def test_unreadable_evaluation_images_are_counted_in_the_result(run_dir, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(4):
+                img = Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
+                img.save(tmp_path / "d" / split / c / f"{i}.png")
+    (tmp_path / "d" / "val" / "a" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "k.json"
+    argv = ["eval", "knn", "--checkpoint", str(run_dir), "--data", str(tmp_path / "d")]
+    assert main([*argv, "--k", "3", "--out", str(out), "--no-progress"]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["unreadable_images"] == {"val": 1} and rec["n_test"] == 9

@@ -3,6 +3,7 @@ splits), the evaluation transform, and where the result goes. Every protocol tak
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from swav.data.transforms import EvalTransform
 from swav.engine.run_dir import RunDir, check_writable_dir
 from swav.interop.checkpoints import LoadedModel, load_checkpoint
 from swav.model.features import Features, extract_features
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +40,8 @@ class EvalRequest:
     workers: int = 0
     progress: bool = False
     started: float = field(default_factory=time.time)
+    unreadable: dict[str, int] = field(default_factory=dict)
+    """Images left out of the evaluation because they could not be read, per split."""
 
     def description(self) -> dict[str, Any]:
         """What was evaluated, for the result record."""
@@ -51,6 +56,7 @@ class EvalRequest:
             "n_test": len(self.test),
             "size": self.transform.size,
             "classes": len(self.train.classes),
+            **({"unreadable_images": dict(self.unreadable)} if self.unreadable else {}),
         }
 
     def features(self, source: ImageSource) -> Features:
@@ -60,7 +66,7 @@ class EvalRequest:
             src = Path(self.loaded.meta["source"])
             st = src.stat()
             key = f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        return extract_features(
+        f = extract_features(
             self.loaded.model,
             source,
             self.transform,
@@ -69,7 +75,22 @@ class EvalRequest:
             progress=self.progress,
             cache_dir=self.cache_dir,
             cache_key=key,
-        ).valid()
+        )
+        bad = 0 if f.ok is None else int((~f.ok).sum())
+        if bad:
+            split = self.train_split if source is self.train else self.test_split
+            self.unreadable[split] = bad
+            log.warning(
+                "%d of %d images of %s could not be read and are left out of the evaluation",
+                bad,
+                len(source),
+                source.origin,
+            )
+            if bad == len(source):
+                raise DataError(
+                    f"none of the {len(source)} images of {source.origin} could be read"
+                )
+        return f.valid()
 
 
 HELD_OUT_NAMES = ("val", "test", "valid", "validation")
