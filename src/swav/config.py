@@ -24,6 +24,7 @@ from swav.data.multicrop_config import MultiCropConfig
 from swav.data.sources import DataConfig
 from swav.errors import ConfigError
 from swav.model.config import ModelConfig
+from swav.objective.cluster_loss import METHODS, ClusterConfig
 from swav.objective.swav_loss import SwAVConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -112,7 +113,9 @@ class Config:
     swav: SwAVConfig = field(default_factory=SwAVConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     run_dir: str = "runs/swav"
+    method: str = "swav"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,10 +136,15 @@ class Config:
         for key in ("workers", "root", "download", "eval_split"):
             d["data"].pop(key)
         d.pop("run_dir")
+        if d["method"] == "swav":  # runs from before the clustering methods keep their identity
+            d.pop("method")
+            d.pop("cluster")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
+TOP_LEVEL = ("run_dir", "method")
+"""Settings that are not in a section."""
 
 
 def presets() -> list[str]:
@@ -204,13 +212,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _set(cfg: Config, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
-    if parts[0] == "run_dir" and len(parts) == 1:
-        cfg.run_dir = _coerce(value, str, dotted)
+    if parts[0] in TOP_LEVEL and len(parts) == 1:
+        setattr(cfg, parts[0], _coerce(value, str, dotted))
         return
-    if len(parts) != 2 or parts[0] not in SECTIONS or parts[0] == "run_dir":
+    if len(parts) != 2 or parts[0] not in SECTIONS or parts[0] in TOP_LEVEL:
         raise ConfigError(
             f"unknown configuration key {dotted!r}; keys look like section.key with section in "
-            f"{', '.join(s for s in SECTIONS if s != 'run_dir')} (or run_dir)"
+            f"{', '.join(s for s in SECTIONS if s not in TOP_LEVEL)} (or run_dir, method)"
         )
     section = getattr(cfg, parts[0])
     types_ = _field_types(section)
@@ -369,6 +377,17 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
     )
     _check(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     _check(t.iters_per_epoch >= 0, "train.iters_per_epoch", "must be >= 0")
+    _check(
+        cfg.method in METHODS, "method", f"must be one of {', '.join(METHODS)}; got {cfg.method!r}"
+    )
+    if cfg.method == "deepclusterv2":
+        _check(cfg.cluster.kmeans_iterations >= 1, "cluster.kmeans_iterations", "must be >= 1")
+    if cfg.method != "swav":
+        _check(
+            s.queue_length == 0,
+            "swav.queue_length",
+            f"must be 0 for {cfg.method} (its memory bank replaces the queue)",
+        )
     _check(t.save_every >= 0, "train.save_every", "must be >= 0")
     _check(t.global_batch >= 0, "train.global_batch", "must be >= 0 (0: not stated)")
     _check(t.save_every_iters >= 0, "train.save_every_iters", "must be >= 0 (0: epoch ends only)")
@@ -454,6 +473,17 @@ def describe_options() -> list[tuple[str, str, str]]:
     for section, f in SECTIONS.items():
         if section == "run_dir":
             rows.append(("run_dir", "runs/swav", "Run directory: config, checkpoints, metrics."))
+            continue
+        if section == "method":
+            rows.append(
+                (
+                    "method",
+                    "'swav'",
+                    "The objective: swav (online Sinkhorn codes, swapped prediction), "
+                    "deepclusterv2 (k-means of a memory bank, frozen centroids) or selav2 "
+                    "(Sinkhorn pseudo-labels over a memory bank, once per epoch).",
+                )
+            )
             continue
         cls: Any = f.default_factory
         docs = _field_docs(cls)

@@ -80,6 +80,8 @@ class RunState:
     next_batch: int = 0
     corrupt: list[str] = field(default_factory=list)
     adjustments: Adjustments = field(default_factory=Adjustments)
+    objective: Any = None
+    """The objective, when it has state of its own (the clustering methods' memory bank)."""
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint's contents (a collective in distributed runs with a queue: every
@@ -97,6 +99,7 @@ class RunState:
             "config": self.cfg.to_dict(),
             "fingerprint": self.cfg.fingerprint(),
             "corrupt": self.corrupt,
+            "objective": self._objective_state(),
             "recovery": self.adjustments.state_dict(),
         }
 
@@ -118,6 +121,7 @@ class RunState:
             if per_rank is not None and per_rank.shape[0] == self.dist.world_size:
                 q["embeddings"] = per_rank[self.dist.rank]
             self.queue.load_state_dict(q)
+        self._load_objective_state(state.get("objective"))
         self.epoch, self.next_batch = state["epoch"], state["next_batch"]
         self.corrupt = list(state.get("corrupt", []))
         self.adjustments = Adjustments.from_state(state.get("recovery"))
@@ -128,6 +132,41 @@ class RunState:
         state = self.state_dict()
         if self.dist.is_main:
             atomic_save(state, path)
+
+    def _objective_state(self) -> dict[str, Any] | None:
+        """The objective's own state; with several processes, every process's memory bank
+        (each holds the images it saw)."""
+        extra = getattr(self.objective, "extra_state", None)
+        if extra is None:
+            return None
+        st: dict[str, Any] = extra()
+        if self.dist.enabled:
+            bank = st["bank"]
+            for key in ("embeddings", "indices"):
+                t = bank[key].contiguous()
+                parts = [torch.zeros_like(t) for _ in range(self.dist.world_size)]
+                dist.all_gather(parts, t)
+                bank[key] = torch.stack(parts).cpu()
+            st["per_rank"] = True
+        return st
+
+    def _load_objective_state(self, st: dict[str, Any] | None) -> None:
+        load = getattr(self.objective, "load_extra_state", None)
+        if load is None or st is None:
+            return
+        st = dict(st)
+        if st.pop("per_rank", False):
+            bank = dict(st["bank"])
+            if bank["indices"].shape[0] != self.dist.world_size:
+                log.warning(
+                    "the memory bank was saved by %d processes, this run has %d: it is filled "
+                    "again",
+                    bank["indices"].shape[0],
+                    self.dist.world_size,
+                )
+                return
+            st["bank"] = {k: v[self.dist.rank] for k, v in bank.items()}
+        load(st)
 
     def _queue_state(self) -> dict[str, Any] | None:
         if self.queue is None:

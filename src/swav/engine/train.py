@@ -25,6 +25,7 @@ from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
 from swav.data.multicrop import MultiCrop
 from swav.data.sources import DataError, training_source
 from swav.engine.checkpoint import keep_copy, safe_load
+from swav.engine.clustering import fill_bank, make_objective, start_epoch
 from swav.engine.curves import plot_loss_curve
 from swav.engine.distributed import DistInfo, any_rank, init_distributed, shutdown
 from swav.engine.health import COLLAPSE_ADVICE, Collapse, CollapseError, CollapseMonitor
@@ -43,6 +44,7 @@ from swav.engine.state import ConfigMismatchError, RunState, saved_state
 from swav.errors import ConfigError
 from swav.model.config import build_from_config
 from swav.model.swav import SwAV
+from swav.objective.cluster_loss import ClusterLoss
 from swav.objective.swav_loss import SwAVConfig, SwAVLoss, SwAVStep
 from swav.run_length import absolute
 
@@ -81,7 +83,7 @@ class Trainer:
     core: SwAV
     model: nn.Module
     forward: Any
-    objective: SwAVLoss
+    objective: SwAVLoss | ClusterLoss
     state: RunState
     schedule: np.ndarray
     sampler: EpochSampler
@@ -186,6 +188,7 @@ def _pretrain(
         t.state.save(run.healthy_checkpoint)  # where a collapse in the first epoch rewinds to
 
     # -- the epochs
+    fill_bank(t)  # clustering methods: the memory bank's first contents
     try:
         interrupted = _train_epochs(t, stop_after_epoch)
     except BaseException:
@@ -291,8 +294,10 @@ def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir
     )
     amp_dtype = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
-    objective = SwAVLoss(cfg.swav, core.embedding_dim, info.world_size).to(device)
-    state = RunState(given, info, core, optimizer, scaler, objective.queue, sampler.batches)
+    objective = make_objective(cfg, core, info, len(source), sampler.batches * bs).to(device)
+    state = RunState(
+        given, info, core, optimizer, scaler, objective.queue, sampler.batches, objective=objective
+    )
     model, forward = _wrap(core, cfg, info, device)
 
     transform = MultiCrop(cfg.multicrop)
@@ -474,11 +479,12 @@ def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) ->
     and ``train.on_collapse`` is not ``warn``, else False."""
     assert t.logger is not None
     logger, hint = t.logger, str(t.run.checkpoint)
+    start_epoch(t, epoch)  # clustering methods: the epoch's pseudo-labels
     t.sampler.set_epoch(epoch, first_batch)
     t.model.train()
     logger.start_epoch(epoch, first_batch)
     steps = 0
-    for batch_idx, (crops, _labels, _idx, bad) in enumerate(t.loader, start=first_batch):
+    for batch_idx, (crops, _labels, indices, bad) in enumerate(t.loader, start=first_batch):
         iteration = epoch * t.iters + batch_idx
         if bad:
             t.state.corrupt += logger.skipped(bad)
@@ -489,7 +495,9 @@ def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) ->
         steps += 1
         lr = float(t.schedule[iteration]) * t.lr_scale
         set_lr(t.state.optimizer, lr)
-        step = training_step(t, crops, iteration, epoch)
+        step = training_step(
+            t, crops, iteration, epoch, indices, batch_idx * t.cfg.train.batch_size
+        )
         images = crops[0].shape[0] * t.dist.world_size
         logger.step(iteration, step.loss, lr, step.codes, images, step.spread)
         stop_now = stop.set
@@ -531,11 +539,20 @@ def _refuse_unreadable_data(t: Trainer, steps: int, batches: int) -> None:
     )
 
 
-def training_step(t: Trainer, crops: list[Tensor], iteration: int, epoch: int) -> SwAVStep:
-    """Forward over all crops, the SwAV loss, backward, prototype freezing, optimiser step."""
+def training_step(
+    t: Trainer,
+    crops: list[Tensor],
+    iteration: int,
+    epoch: int,
+    indices: Tensor | None = None,
+    position: int = 0,
+) -> SwAVStep:
+    """Forward over all crops, the objective's loss, backward, prototype freezing, optimiser
+    step. ``indices`` (the images' dataset indices) and ``position`` (their first row in this
+    epoch) feed the memory bank of the clustering methods."""
     with t.autocast:
         out = t.forward(crops)
-    step = t.objective(out, t.core.prototypes, crops[0].shape[0], epoch)
+    step = t.objective(out, t.core.prototypes, crops[0].shape[0], epoch, indices, position)
     opt, scaler = t.state.optimizer, t.state.scaler
     opt.zero_grad(set_to_none=True)
     scaler.scale(step.loss).backward()

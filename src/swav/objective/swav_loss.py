@@ -91,9 +91,17 @@ class SwAVLoss(nn.Module):
         return self.queue is not None and self.queue_in_use(epoch) and self.queue.active
 
     def forward(
-        self, out: SwAVOutput, prototypes: nn.Module, batch_size: int, epoch: int
+        self,
+        out: SwAVOutput,
+        prototypes: nn.Module,
+        batch_size: int,
+        epoch: int,
+        indices: Tensor | None = None,
+        position: int = 0,
     ) -> SwAVStep:
-        """The loss for one forward output over all crops (rows of crop v: v*B to (v+1)*B)."""
+        """The loss for one forward output over all crops (rows of crop v: v*B to (v+1)*B).
+        ``indices`` and ``position`` (the images' dataset indices and their row in the epoch)
+        are used by the clustering methods' objective only."""
         cfg = self.cfg
         queue = self.queue if self.queue_in_use(epoch) else None
         queue_scores = self._queue_scores(queue, prototypes)
