@@ -352,6 +352,20 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
+def _check_method(cfg: Config) -> None:
+    _check(
+        cfg.method in METHODS, "method", f"must be one of {', '.join(METHODS)}; got {cfg.method!r}"
+    )
+    if cfg.method == "deepclusterv2":
+        _check(cfg.cluster.kmeans_iterations >= 1, "cluster.kmeans_iterations", "must be >= 1")
+    if cfg.method != "swav":
+        _check(
+            cfg.swav.queue_length == 0,
+            "swav.queue_length",
+            f"must be 0 for {cfg.method} (its memory bank replaces the queue)",
+        )
+
+
 def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) -> None:
     """Refuse settings that cannot train, naming the key and what is allowed."""
     o, t, s, m = cfg.optim, cfg.train, cfg.swav, cfg.model
@@ -377,17 +391,7 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
     )
     _check(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     _check(t.iters_per_epoch >= 0, "train.iters_per_epoch", "must be >= 0")
-    _check(
-        cfg.method in METHODS, "method", f"must be one of {', '.join(METHODS)}; got {cfg.method!r}"
-    )
-    if cfg.method == "deepclusterv2":
-        _check(cfg.cluster.kmeans_iterations >= 1, "cluster.kmeans_iterations", "must be >= 1")
-    if cfg.method != "swav":
-        _check(
-            s.queue_length == 0,
-            "swav.queue_length",
-            f"must be 0 for {cfg.method} (its memory bank replaces the queue)",
-        )
+    _check_method(cfg)
     _check(t.save_every >= 0, "train.save_every", "must be >= 0")
     _check(t.global_batch >= 0, "train.global_batch", "must be >= 0 (0: not stated)")
     _check(t.save_every_iters >= 0, "train.save_every_iters", "must be >= 0 (0: epoch ends only)")

@@ -15,7 +15,7 @@ from swav.config import Config
 from swav.engine.distributed import DistInfo
 from swav.model.swav import SwAV
 from swav.objective.cluster_loss import ClusterLoss
-from swav.objective.swav_loss import SwAVLoss
+from swav.objective.swav_loss import Objective, SwAVLoss
 
 if TYPE_CHECKING:
     from swav.engine.train import Trainer
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def make_objective(
     cfg: Config, core: SwAV, info: DistInfo, n_images: int, bank_rows: int
-) -> SwAVLoss | ClusterLoss:
+) -> Objective:
     """SwAV's objective, or the clustering method's with a memory bank of ``bank_rows`` rows
     (this process's images of one epoch)."""
     if cfg.method == "swav":

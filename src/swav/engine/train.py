@@ -44,8 +44,7 @@ from swav.engine.state import ConfigMismatchError, RunState, saved_state
 from swav.errors import ConfigError
 from swav.model.config import build_from_config
 from swav.model.swav import SwAV
-from swav.objective.cluster_loss import ClusterLoss
-from swav.objective.swav_loss import SwAVConfig, SwAVLoss, SwAVStep
+from swav.objective.swav_loss import Objective, SwAVConfig, SwAVStep
 from swav.run_length import absolute
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ class Trainer:
     core: SwAV
     model: nn.Module
     forward: Any
-    objective: SwAVLoss | ClusterLoss
+    objective: Objective
     state: RunState
     schedule: np.ndarray
     sampler: EpochSampler

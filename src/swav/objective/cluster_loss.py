@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from swav.model.swav import SwAVOutput
 from swav.objective.clustering import BankShard, global_labels, sela_assignments, spherical_kmeans
-from swav.objective.swav_loss import SwAVConfig, SwAVStep
+from swav.objective.swav_loss import Objective, StepInput, SwAVConfig, SwAVStep
 from swav.run_length import absolute
 
 METHODS = ("swav", "deepclusterv2", "selav2")
@@ -72,7 +71,7 @@ class MemoryBank(nn.Module):
         return BankShard(self.embeddings[crop], self.indices)
 
 
-class ClusterLoss(nn.Module):
+class ClusterLoss(Objective):
     """Cross-entropy of every crop's scores against its image's pseudo-label, per head."""
 
     labels: Tensor
@@ -96,12 +95,6 @@ class ClusterLoss(nn.Module):
         self.register_buffer("labels", torch.full((0, n_images), -1, dtype=torch.long))
         self.labels_epoch = -1
         self.queue = None  # no feature queue: the bank plays its part
-
-    def queue_in_use(self, epoch: int) -> bool:
-        return False
-
-    def queue_active(self, epoch: int) -> bool:
-        return False
 
     @torch.no_grad()
     def start_epoch(self, epoch: int, prototypes: nn.Module) -> dict[str, Any]:
@@ -132,21 +125,15 @@ class ClusterLoss(nn.Module):
         used = [int((lab >= 0).sum()) for lab in labels]
         return {"heads": len(heads), "images": used[0], "empty_clusters_reseeded": reseeded}
 
-    def forward(
-        self,
-        out: SwAVOutput,
-        prototypes: nn.Module,
-        batch_size: int,
-        epoch: int,
-        indices: Tensor | None = None,
-        position: int = 0,
-    ) -> SwAVStep:
+    def step(self, inputs: StepInput) -> SwAVStep:
         """The loss of a step over all crops (rows of crop v: v*B to (v+1)*B) of the images
-        ``indices``; their assignment-crop embeddings enter the bank from row ``position``."""
+        ``inputs.indices``; their assignment-crop embeddings enter the bank from row
+        ``inputs.position``."""
+        out, batch_size, indices = inputs.out, inputs.batch_size, inputs.indices
         assert indices is not None, "clustering methods need the images' dataset indices"
         n_crops = out.embeddings.shape[0] // batch_size
         emb = out.embeddings.detach().split(batch_size)
-        self.bank.store(position, indices, [emb[c] for c in self.cfg.crops_for_assign])
+        self.bank.store(inputs.position, indices, [emb[c] for c in self.cfg.crops_for_assign])
         losses = []
         for h, scores in enumerate(out.scores):
             targets = self.labels[h][indices.to(self.labels.device)].repeat(n_crops)

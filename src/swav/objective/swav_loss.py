@@ -63,7 +63,53 @@ class SwAVStep:
     batch: near 0 when the network maps every image to the same point (collapse)."""
 
 
-class SwAVLoss(nn.Module):
+@dataclass
+class StepInput:
+    """What an objective sees of one training step."""
+
+    out: SwAVOutput
+    """The model's output over all crops (rows of crop v: v*B to (v+1)*B)."""
+    prototypes: nn.Module
+    batch_size: int
+    epoch: int
+    indices: Tensor | None = None
+    """The images' dataset indices (used by the clustering methods' memory bank)."""
+    position: int = 0
+    """The images' first row in this epoch's memory bank."""
+
+
+class Objective(nn.Module):
+    """What the engine trains: a loss per step from the model's output, with the prototypes'
+    freezing rule and, for SwAV, the feature queue."""
+
+    cfg: SwAVConfig
+    queue: FeatureQueue | None = None
+
+    def forward(
+        self,
+        out: SwAVOutput,
+        prototypes: nn.Module,
+        batch_size: int,
+        epoch: int,
+        indices: Tensor | None = None,
+        position: int = 0,
+    ) -> SwAVStep:
+        return self.step(StepInput(out, prototypes, batch_size, epoch, indices, position))
+
+    def step(self, inputs: StepInput) -> SwAVStep:
+        raise NotImplementedError
+
+    def queue_in_use(self, epoch: int) -> bool:
+        return False
+
+    def queue_active(self, epoch: int) -> bool:
+        return False
+
+    def freeze_prototypes(self, prototypes: nn.Module | None, iteration: int) -> bool:
+        raise NotImplementedError
+
+
+class SwAVLoss(Objective):
     """Swapped prediction over Sinkhorn codes, with the feature queue and prototype freezing.
 
     Args:
@@ -90,18 +136,14 @@ class SwAVLoss(nn.Module):
         """True when this epoch's codes are computed with the queue's embeddings."""
         return self.queue is not None and self.queue_in_use(epoch) and self.queue.active
 
-    def forward(
-        self,
-        out: SwAVOutput,
-        prototypes: nn.Module,
-        batch_size: int,
-        epoch: int,
-        indices: Tensor | None = None,
-        position: int = 0,
-    ) -> SwAVStep:
-        """The loss for one forward output over all crops (rows of crop v: v*B to (v+1)*B).
-        ``indices`` and ``position`` (the images' dataset indices and their row in the epoch)
-        are used by the clustering methods' objective only."""
+    def step(self, inputs: StepInput) -> SwAVStep:
+        """The loss for one forward output over all crops (rows of crop v: v*B to (v+1)*B)."""
+        out, prototypes, batch_size, epoch = (
+            inputs.out,
+            inputs.prototypes,
+            inputs.batch_size,
+            inputs.epoch,
+        )
         cfg = self.cfg
         queue = self.queue if self.queue_in_use(epoch) else None
         queue_scores = self._queue_scores(queue, prototypes)
