@@ -4,6 +4,7 @@ when it collapses (warn, stop, recover)."""
 import math
 
 import pytest
+import torch
 
 from swav.config import build_config, presets, resolve_run_length
 from swav.engine.health import CollapseError, CollapseMonitor
@@ -200,3 +201,44 @@ def test_run_eta_reads_as_a_duration():
     assert run_eta(7200, 1.0) == "02:00:00"
     assert run_eta(100000, 1.0) == "1d 03:46:40"
     assert run_eta(-5, 1.0) == "00:00:00"
+
+
+def _logging_rank(rank, world, init_file, run_dir):
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from swav.engine.logger import TrainLogger
+    from swav.engine.run_dir import RunDir
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    run = RunDir(Path(run_dir))
+    monitor = CollapseMonitor([4], patience=100, start_iteration=0, embedding_dim=8)
+    logger = TrainLogger(
+        run, rank == 0, [4], 1, 2, 2, monitor, False, torch.device("cpu"), distributed=True
+    )
+    codes = torch.eye(4)[[rank * 2, rank * 2]]  # rank 0 uses prototype 0, rank 1 prototype 2
+    for it in range(2):
+        loss = torch.tensor(1.0 + rank + it)  # rank 0: 1, 2; rank 1: 2, 3
+        logger.step(it, loss, 0.1, codes, 4, torch.tensor(0.2 * (rank + 1)))
+    logger.flush(False, "ck")
+    logger.end_epoch(False, 0)
+    logger.close()
+    dist.destroy_process_group()
+
+
+def test_logged_metrics_are_reduced_over_all_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    from swav.engine.run_dir import RunDir
+
+    (tmp_path / "run").mkdir()
+    mp.spawn(_logging_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "run")), nprocs=2)
+    records = RunDir(tmp_path / "run").read_metrics()
+    losses = [r["loss"] for r in records if "kind" not in r]
+    assert losses == [1.5, 2.5]  # the mean over both processes, per iteration
+    health = next(r for r in records if r.get("kind") == "health")
+    assert health["prototypes_in_batch"] == 2  # prototype 0 on one process, 2 on the other
+    assert abs(health["embedding_spread"] - 0.3) < 1e-6
+    epoch = next(r for r in records if r.get("kind") == "epoch")
+    assert epoch["prototypes_used"] == 2

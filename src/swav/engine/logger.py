@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import IO, Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from swav.data.loader import Corrupt
@@ -87,7 +88,10 @@ class TrainLogger:
         monitor: CollapseMonitor,
         progress: bool,
         device: torch.device,
+        distributed: bool = False,
     ) -> None:
+        self.distributed = distributed
+        """Losses and health statistics are reduced over all processes (the same on each)."""
         self.run, self.enabled, self.n_prototypes = run, enabled, n_prototypes
         self.epochs, self.iters, self.log_every = epochs, iters_per_epoch, log_every
         self.monitor, self.progress = monitor, progress and enabled
@@ -147,6 +151,27 @@ class TrainLogger:
         self.usage.index_add_(0, codes.argmax(1), torch.ones(codes.shape[0], device=codes.device))
         self._window_images += images
 
+    def _reduced(self, losses: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(losses, code entropy, prototypes used, embedding spread) of the last flush window:
+        this process's, or with several processes the mean over them (prototypes used: those
+        used by any)."""
+        assert self._codes is not None
+        entropy, _ = code_stats(self._codes)
+        hit = torch.zeros(self._codes.shape[1], device=self._codes.device)
+        hit.index_fill_(0, self._codes.argmax(1), 1.0)
+        spread = self._spread if self._spread is not None else torch.zeros((), device=hit.device)
+        if self.distributed:
+            world = dist.get_world_size()
+            packed = torch.cat(
+                [losses.to(hit.device), entropy.reshape(1).float(), spread.reshape(1).float()]
+            )
+            dist.all_reduce(packed)
+            packed /= world
+            dist.all_reduce(hit, op=dist.ReduceOp.MAX)
+            n = len(losses)
+            losses, entropy, spread = packed[:n], packed[n], packed[n + 1]
+        return losses, entropy, hit.sum(), spread
+
     @property
     def due(self) -> bool:
         """True when ``log_every`` iterations wait to be flushed."""
@@ -164,9 +189,10 @@ class TrainLogger:
         if not self._pending or self._codes is None:
             return None
         pending, self._pending = self._pending, []
-        values = torch.stack([p[1] for p in pending]).float().cpu().tolist()
-        entropy, used = (float(v) for v in code_stats(self._codes))
-        spread = None if self._spread is None else float(self._spread)
+        stats = self._reduced(torch.stack([p[1] for p in pending]).float())
+        values = stats[0].cpu().tolist()
+        entropy, used = float(stats[1]), float(stats[2])
+        spread = None if self._spread is None else float(stats[3])
         batch, k = self._codes.shape
         self.monitor.check_usage(int(used), batch, k, queue_active)
         for (it, _, lr), v in zip(pending, values):
@@ -212,6 +238,8 @@ class TrainLogger:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        if self.distributed:  # prototypes used by any process's images
+            dist.all_reduce(self.usage)
         used = int((self.usage > 0).sum())
         epoch = self._epoch + 1
         if self._corrupt_in_epoch:

@@ -392,6 +392,7 @@ def _build_logger(t: Trainer, progress: bool) -> TrainLogger:
         monitor,
         progress,
         t.device,
+        distributed=t.dist.enabled,
     )
 
 
