@@ -51,3 +51,12 @@ def test_usage_warning_when_queue_concentrates_codes(caplog):
         assert m.check_usage(3, 64, 100, queue_active=True)
     assert "epoch_queue_starts" in caplog.text
     assert not m.check_usage(3, 64, 100, queue_active=True)  # once
+
+
+def test_the_objective_holds_its_queue():
+    from swav.objective.swav_loss import SwAVConfig, SwAVLoss
+
+    loss = SwAVLoss(SwAVConfig(queue_length=64), embedding_dim=8, world_size=2)
+    assert isinstance(loss.queue, FeatureQueue) and loss.queue.length == 32
+    assert "queue.embeddings" in loss.state_dict()
+    assert SwAVLoss(SwAVConfig(queue_length=0), embedding_dim=8).queue is None

@@ -97,21 +97,42 @@ class EpochSampler(Sampler):
         self.batches = size // (batch_size * world_size)
         if max_batches:
             self.batches = min(self.batches, max_batches)
-        self.epoch, self.start_batch = 0, 0
+        self.epoch, self.start = 0, 0
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    def set_epoch(self, epoch: int, start_batch: int = 0, start_sample: int | None = None) -> None:
+        """Iterate epoch ``epoch`` from global batch ``start_batch``, or from ``start_sample``
+        images into the epoch's order (resuming a run saved by another number of processes,
+        whose position need not fall on a batch of this one)."""
+        self.epoch = epoch
+        self.start = start_batch * self.global_batch if start_sample is None else start_sample
+
+    def _span(self) -> int:
+        """Images of the epoch's order still to read, from ``start``: whole global batches,
+        and after a resume off a batch boundary the last, partial one (when it gives every
+        process at least two images; else it is left out like any incomplete batch)."""
+        left = max(0, self.batches * self.global_batch - self.start)
+        full, tail = divmod(left, self.global_batch)
+        keep_tail = self.start % self.global_batch and tail >= 2 * self.world_size
+        return full * self.global_batch + (tail if keep_tail else 0)
+
+    def remaining_batches(self) -> int:
+        return -(-self._span() // self.global_batch)
 
     def __len__(self) -> int:
-        return (self.batches - self.start_batch) * self.batch_size
+        return len(range(self.rank, self._span(), self.world_size))
 
     def __iter__(self):
+        # global batch t is the block perm[t * G : (t + 1) * G] (G = batch x processes), dealt
+        # out rank by rank; a position in the epoch is therefore a number of images, valid for
+        # any number of processes
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(self.size, generator=g)[
-            : self.batches * self.batch_size * self.world_size
-        ]
-        mine = perm[self.rank :: self.world_size].tolist()[self.start_batch * self.batch_size :]
-        for i in mine:
+        perm = torch.randperm(self.size, generator=g)[: self.batches * self.global_batch]
+        rest = perm[self.start : self.start + self._span()]
+        for i in rest[self.rank :: self.world_size].tolist():
             yield i, sample_seed(self.seed, self.epoch, i)
 
 
@@ -150,7 +171,7 @@ def make_loader(
         num_workers=workers,
         collate_fn=collate_crops,
         pin_memory=pin_memory,
-        drop_last=True,
+        drop_last=False,  # the sampler yields whole batches (a resumed epoch: its last too)
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
     )

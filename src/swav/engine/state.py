@@ -82,6 +82,18 @@ class RunState:
     adjustments: Adjustments = field(default_factory=Adjustments)
     objective: Any = None
     """The objective, when it has state of its own (the clustering methods' memory bank)."""
+    sample_offset: int = 0
+    """Images of the current epoch read beyond ``next_batch`` whole global batches: non-zero
+    only in an epoch resumed on another number of processes."""
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.train.batch_size * self.dist.world_size
+
+    @property
+    def samples_in_epoch(self) -> int:
+        """Images of the current epoch already trained on, over all processes."""
+        return self.next_batch * self.global_batch + self.sample_offset
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint's contents (a collective in distributed runs with a queue: every
@@ -91,6 +103,8 @@ class RunState:
             "epoch": self.epoch,
             "next_batch": self.next_batch,
             "iteration": self.epoch * self.iters_per_epoch + self.next_batch,
+            "world_size": self.dist.world_size,
+            "samples_in_epoch": self.samples_in_epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -116,13 +130,22 @@ class RunState:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.queue is not None and state.get("queue") is not None:
-            q = dict(state["queue"])
-            per_rank = q.pop("per_rank", None)
-            if per_rank is not None and per_rank.shape[0] == self.dist.world_size:
-                q["embeddings"] = per_rank[self.dist.rank]
-            self.queue.load_state_dict(q)
+            self._load_queue(dict(state["queue"]))
         self._load_objective_state(state.get("objective"))
         self.epoch, self.next_batch = state["epoch"], state["next_batch"]
+        saved_world = int(state.get("world_size", self.dist.world_size))
+        if saved_world != self.dist.world_size:  # the position in the epoch, in images
+            done = int(state.get("samples_in_epoch", self.next_batch * self.global_batch))
+            self.next_batch, self.sample_offset = divmod(done, self.global_batch)
+            if self.dist.is_main:
+                log.warning(
+                    "resuming on %d processes a run saved by %d: epoch %d continues after its "
+                    "first %d images",
+                    self.dist.world_size,
+                    saved_world,
+                    self.epoch + 1,
+                    done,
+                )
         self.corrupt = list(state.get("corrupt", []))
         self.adjustments = Adjustments.from_state(state.get("recovery"))
         set_rng_state(state["rng"])
@@ -167,6 +190,34 @@ class RunState:
                 return
             st["bank"] = {k: v[self.dist.rank] for k, v in bank.items()}
         load(st)
+
+    def _load_queue(self, q: dict[str, Any]) -> None:
+        """This process's queue from the checkpoint; saved by another number of processes,
+        the queue is dealt out again (every saved embedding is kept)."""
+        assert self.queue is not None
+        per_rank = q.pop("per_rank", None)
+        saved = per_rank if per_rank is not None else q["embeddings"].unsqueeze(0)
+        if saved.shape[0] == self.dist.world_size:
+            q["embeddings"] = saved[self.dist.rank]
+            self.queue.load_state_dict(q)
+            return
+        whole = torch.cat(list(saved), dim=1)  # crops x (all processes' slots) x dim
+        mine = whole.shape[1] // self.dist.world_size
+        if mine != self.queue.length:
+            log.warning(
+                "the saved queue (%d embeddings) does not divide into %d queues of %d: it is "
+                "emptied and fills again",
+                whole.shape[1],
+                self.dist.world_size,
+                self.queue.length,
+            )
+            self.queue.reset()
+            return
+        filled = int(q["filled"]) * saved.shape[0] // self.dist.world_size
+        part = whole[:, self.dist.rank * mine : (self.dist.rank + 1) * mine]
+        self.queue.load_state_dict(
+            {"embeddings": part.contiguous(), "filled": torch.tensor(min(filled, mine))}
+        )
 
     def _queue_state(self) -> dict[str, Any] | None:
         if self.queue is None:

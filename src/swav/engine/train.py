@@ -99,6 +99,8 @@ class Trainer:
         return self.sampler.batches
 
     def checkpoint(self, epoch: int, next_batch: int) -> None:
+        if next_batch == 0:  # a new epoch starts on a batch boundary
+            self.state.sample_offset = 0
         self.state.epoch, self.state.next_batch = epoch, next_batch
         self.state.save(self.run.checkpoint)
 
@@ -480,7 +482,8 @@ def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) ->
     assert t.logger is not None
     logger, hint = t.logger, str(t.run.checkpoint)
     start_epoch(t, epoch)  # clustering methods: the epoch's pseudo-labels
-    t.sampler.set_epoch(epoch, first_batch)
+    offset = t.state.sample_offset if epoch == t.state.epoch else 0
+    t.sampler.set_epoch(epoch, start_sample=first_batch * t.sampler.global_batch + offset)
     t.model.train()
     logger.start_epoch(epoch, first_batch)
     steps = 0

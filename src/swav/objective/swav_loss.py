@@ -83,7 +83,7 @@ class Objective(nn.Module):
     freezing rule and, for SwAV, the feature queue."""
 
     cfg: SwAVConfig
-    queue: FeatureQueue | None = None
+    queue: FeatureQueue | None  # no class-level value: it would hide the registered module
 
     def forward(
         self,

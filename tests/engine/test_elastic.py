@@ -1,0 +1,125 @@
+"""Resuming on another number of processes: the epoch continues where it stopped, every image
+of it read once; the queue is dealt out again; the checkpoint says how many processes wrote it."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from swav.data.loader import EpochSampler
+from swav.engine.checkpoint import safe_load
+from swav.engine.state import RunState
+from swav.objective.queue import FeatureQueue
+from tests.conftest import tiny_overrides
+
+
+def read(samplers):
+    """What every process reads, in global batch order (batch t: each rank's t-th slice)."""
+    streams = [list(s) for s in samplers]
+    b = samplers[0].batch_size
+    out = []
+    for t in range(samplers[0].remaining_batches()):
+        for st in streams:
+            out += [i for i, _ in st[t * b : (t + 1) * b]]
+    return out
+
+
+@pytest.mark.parametrize(
+    "old,new,batch,done_batches",
+    [(2, 1, 8, 3), (1, 2, 8, 5), (2, 3, 6, 2), (3, 2, 4, 7), (1, 1, 8, 2)],
+)
+def test_a_resumed_epoch_reads_every_image_once(old, new, batch, done_batches):
+    size = 203
+    before = [EpochSampler(size, batch, 7, r, old) for r in range(old)]
+    for s in before:
+        s.set_epoch(4)
+    order = read(before)  # the whole epoch on the old processes
+    consumed = done_batches * batch * old
+    after = [EpochSampler(size, batch, 7, r, new) for r in range(new)]
+    for s in after:
+        s.set_epoch(4, start_sample=consumed)
+    rest = read(after)
+    seen = order[:consumed] + rest
+    assert len(seen) == len(set(seen)), "an image read twice"
+    g = torch.Generator().manual_seed(7 * 100_003 + 4)
+    perm = torch.randperm(size, generator=g).tolist()
+    # in the epoch's order (global batch by global batch), none skipped
+    g_new = batch * new
+    for t in range(0, len(rest), g_new):
+        block = perm[consumed + t : consumed + min(t + g_new, len(rest))]
+        assert sorted(rest[t : t + g_new]) == sorted(block)
+    end = after[0].batches * batch * new
+    assert consumed + len(rest) >= min(end, len(order)) - 2 * new  # at most a tiny tail left
+    for s in after:
+        assert len(s) == len(list(s))
+
+
+def test_the_queue_is_dealt_out_again():
+    length, dim = 12, 3
+    saved = torch.arange(2 * 2 * (length // 2) * dim, dtype=torch.float32).reshape(2, 2, 6, dim)
+    state = {"embeddings": saved[0], "filled": torch.tensor(6), "per_rank": saved}
+    whole = torch.cat([saved[0], saved[1]], dim=1)  # crops x 12 x dim
+    for world in (1, 3):
+        got = []
+        for rank in range(world):
+            me = SimpleNamespace(
+                queue=FeatureQueue(2, length // world, dim),
+                dist=SimpleNamespace(world_size=world, rank=rank),
+            )
+            RunState._load_queue(me, dict(state))
+            got.append(me.queue.embeddings)
+            assert me.queue.active  # it was full, it stays full
+        assert torch.equal(torch.cat(got, dim=1), whole)  # every saved embedding, once
+    odd = SimpleNamespace(queue=FeatureQueue(2, 5, dim), dist=SimpleNamespace(world_size=1, rank=0))
+    RunState._load_queue(odd, dict(state))  # cannot be dealt out: emptied, never a crash
+    assert not odd.queue.active and int(odd.queue.filled) == 0
+
+
+def test_two_processes_stopped_mid_epoch_resume_on_one(tmp_path):
+    from swav.config import build_config
+    from swav.engine.train import pretrain
+
+    root = Path(__file__).resolve().parents[2]
+    run = tmp_path / "elastic"
+    over = {
+        "swav.queue_length": 64,
+        "swav.epoch_queue_starts": 0,
+        "train.epochs": 2,
+        "train.iters_per_epoch": 0,
+        "data.limit": 256,
+        "train.log_every": 1,
+    }
+    args = tiny_overrides(run, **over)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(29700 + os.getpid() % 200), "-m", "swav.cli", "pretrain"]
+    proc = subprocess.Popen(
+        [*cmd, "--no-progress", "--preset", "defaults", *args],
+        cwd=root,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while True:  # stop it in the second epoch, once a few steps were logged there
+        assert proc.poll() is None and time.time() < deadline, "the run ended on its own"
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and '"epoch": 2, "loss"' in metrics.read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0  # stopped by a signal
+    state = safe_load(run / "checkpoint.pt")
+    assert state["world_size"] == 2 and state["epoch"] == 1 and state["next_batch"] > 0
+    assert state["samples_in_epoch"] == state["next_batch"] * 16 * 2
+    r = pretrain(build_config(None, args), progress=False)  # one process
+    assert r.epochs_done == 2 and not r.interrupted
+    final = safe_load(run / "checkpoint.pt")
+    assert final["world_size"] == 1 and final["queue"]["embeddings"].shape[1] == 64
