@@ -78,7 +78,12 @@ class TrainConfig:
     deterministic: bool = False
     """Deterministic kernels (bitwise-reproducible runs and resumes on CPU; slower)."""
     sync_bn: bool = True
-    """SyncBatchNorm across processes in distributed CUDA training."""
+    """BatchNorm statistics over all processes in distributed training (SyncBatchNorm on CUDA,
+    the same computation with plain collectives elsewhere), so that N processes x B images
+    train like one process with N x B."""
+    sync_bn_group: int = 0
+    """Processes per BatchNorm group (consecutive ranks; 0: all), as the reference's
+    syncbn_process_group_size: statistics over fewer GPUs cost less communication."""
     iters_per_epoch: int = 0
     """Cap on iterations per epoch (0: the whole dataset); handy for quick trials."""
     log_every: int = 10
@@ -139,8 +144,18 @@ class Config:
         if d["method"] == "swav":  # runs from before the clustering methods keep their identity
             d.pop("method")
             d.pop("cluster")
+        for (section, key), default in ADDED_SETTINGS.items():
+            if d[section].get(key) == default:  # likewise for settings added later
+                d[section].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
+
+ADDED_SETTINGS: dict[tuple[str, str], Any] = {
+    ("train", "global_batch"): 0,
+    ("train", "sync_bn_group"): 0,
+}
+"""Settings added after the run format: at their default they leave a run's fingerprint as it
+was, so older run directories still resume."""
 
 SECTIONS = {f.name: f for f in dataclasses.fields(Config)}
 TOP_LEVEL = ("run_dir", "method")

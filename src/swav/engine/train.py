@@ -28,6 +28,7 @@ from swav.engine.checkpoint import keep_copy, safe_load
 from swav.engine.clustering import fill_bank, make_objective, start_epoch
 from swav.engine.curves import plot_loss_curve
 from swav.engine.distributed import DistInfo, any_rank, init_distributed, shutdown
+from swav.engine.global_bn import bn_group, convert_global_bn
 from swav.engine.health import COLLAPSE_ADVICE, Collapse, CollapseError, CollapseMonitor
 from swav.engine.logger import TrainLogger
 from swav.engine.optim import build_optimizer, lr_schedule, set_lr
@@ -367,8 +368,12 @@ def _wrap(core: SwAV, cfg: Config, info: DistInfo, device: torch.device) -> tupl
     distributed runs, compiled when asked."""
     model: nn.Module = core
     if info.enabled:
-        if device.type == "cuda" and cfg.train.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if cfg.train.sync_bn:
+            group = bn_group(cfg.train.sync_bn_group)
+            if device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model, group)
+            else:  # Gloo: the same statistics with plain collectives
+                model = convert_global_bn(model, group)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
