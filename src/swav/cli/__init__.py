@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("pretrain", "train SwAV on images (a folder, an archive, 'digits', cifar10 ...)"),
     "demo": ("pretrain", "pretrain on the embedded digits and show what was learned"),
     "presets": ("pretrain", "list the configuration presets"),
+    "shards": ("pretrain", "pack images into tar shards with an index (fast start at any scale)"),
     "eval": ("evaluate", "evaluate a backbone: knn, linear, semisup, lowshot, cluster"),
     "report": ("evaluate", "a run's results in one page: REPORT.md, or report.html with --html"),
     "viz": ("viz", "pictures of a run or a model: curves, clusters, neighbours, embedding"),

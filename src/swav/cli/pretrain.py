@@ -55,6 +55,18 @@ def register(sub: Any) -> None:
     d.set_defaults(func=_demo)
     pr = sub.add_parser("presets", help="list the configuration presets")
     pr.set_defaults(func=_presets)
+    sh = sub.add_parser(
+        "shards",
+        help="pack images into tar shards with an index (fast start at any scale)",
+        description="Pack a folder, an archive or a dataset into uncompressed tar shards "
+        "(WebDataset layout) with an index of every image's offset; train on them with "
+        "data.source=OUT.",
+    )
+    sh.add_argument("source", help="folder, archive or dataset name")
+    sh.add_argument("out", help="folder to write the shards and index.json into")
+    sh.add_argument("--split", default="", help="split of the source (default: every image)")
+    sh.add_argument("--shard-size", type=int, default=10_000, help="images per shard (10000)")
+    sh.set_defaults(func=_shards)
 
 
 def _options_epilog() -> str:
@@ -149,4 +161,16 @@ def _demo(args: argparse.Namespace) -> int:
 def _presets(args: argparse.Namespace) -> int:
     for name in presets():
         print(f"{name:28s} {preset_summary(name)}")
+    return 0
+
+
+def _shards(args: argparse.Namespace) -> int:
+    from swav.data.shards import pack_shards
+    from swav.data.sources import open_source
+
+    source = open_source(args.source, args.split)
+    index = pack_shards(source, args.out, args.shard_size)
+    shards = -(-len(source) // args.shard_size)
+    print(f"{len(source)} images in {shards} shards; index {index}")
+    print(f"train on them with data.source={args.out}")
     return 0

@@ -326,6 +326,12 @@ def open_source(
         return digits_source(split, seed)
     if source in ("cifar10", "cifar100", "stl10"):
         return torchvision_source(source, root, split, download)
+    from swav.data.shards import is_shard_set, shard_source
+
+    if split and is_shard_set(str(Path(source) / split)):  # OUT/train, OUT/val, ... packed apart
+        return shard_source(str(Path(source) / split))
+    if is_shard_set(source):
+        return shard_source(source)
     p = Path(source).expanduser()
     if p.is_file() and (p.name.endswith((".tar", ".tar.gz", ".tgz"))):
         return tar_source(p, split)
