@@ -19,8 +19,11 @@ def quality_table(records: list[dict]) -> list[str]:
         "| cluster NMI | after warm-up near ln K |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    names = {"swav": "SwAV", "deepclusterv2": "DeepCluster-v2", "selav2": "SeLa-v2"}
     for r in records:
-        sides = [("ours", "SwAV (this project)"), ("lightly", "lightly SwAV")]
+        given = [s.split("=", 1)[1] for s in r.get("settings", []) if s.startswith("method=")]
+        method = names.get(given[-1] if given else "swav", "SwAV")
+        sides = [("ours", f"{method} (this project)"), ("lightly", "lightly SwAV")]
         for key, label in sides:
             if key not in r:
                 continue
