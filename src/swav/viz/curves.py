@@ -49,16 +49,17 @@ def _evaluations(run: RunDir) -> list[str]:
     for path in run.eval_results():
         rec = json.loads(path.read_text())
         res = rec.get("results", {})
-        figures = [f"{k} {v:.1f}" for k, v in _flat(res).items() if isinstance(v, float)][:4]
+        figures = [f"{k} {v:.1f}" for k, v in flat_results(res).items() if isinstance(v, float)][:4]
         lines.append(f"{rec.get('protocol', path.stem)}: {', '.join(figures)}")
     return lines
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_results(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested result mapping as one level: {'k=20 top1': 51.2, ...}."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k} "))
+            out.update(flat_results(v, f"{prefix}{k} "))
         else:
             out[f"{prefix}{k}"] = v
     return out

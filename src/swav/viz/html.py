@@ -18,7 +18,7 @@ import yaml
 from swav.engine.run_dir import RunDir
 from swav.errors import SwAVError
 from swav.viz.clusters import draw_gallery, draw_usage, prototype_groups
-from swav.viz.curves import plot_run_curves
+from swav.viz.curves import flat_results, plot_run_curves
 from swav.viz.data import load_view
 from swav.viz.embedding import draw_embedding, project_2d
 
@@ -126,7 +126,10 @@ def _evaluations(run: RunDir) -> str:
         )
     for path in run.eval_results():
         rec = json.loads(path.read_text())
-        flat = _flatten(rec.get("results", {}))
+        flat = {
+            k: f"{v:.4g}" if isinstance(v, float) else v
+            for k, v in flat_results(rec.get("results", {})).items()
+        }
         split = rec.get("test_split", "")
         title = f"{rec.get('protocol', path.stem)} on {rec.get('data', '?')} ({split})"
         parts.append(f"<h3>{html.escape(title)}</h3>" + _table(list(flat.items()), ("", "")))
@@ -134,16 +137,6 @@ def _evaluations(run: RunDir) -> str:
         "\n".join(parts)
         or "<p>No evaluation yet: <code>swav eval knn --checkpoint RUN_DIR</code>.</p>"
     )
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k} "))
-        else:
-            out[f"{prefix}{k}"] = f"{v:.4g}" if isinstance(v, float) else v
-    return out
 
 
 def _pictures(run: RunDir, folder: Path, data: str | None, limit: int, progress: bool) -> str:
