@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,9 @@ from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# listings are cached per test session, never in the user's cache (processes started by tests
+# inherit it)
+os.environ["SWAV_CACHE_DIR"] = tempfile.mkdtemp(prefix="swav-test-cache-")
 
 
 def tiny_overrides(run_dir, **extra) -> list[str]:

@@ -73,6 +73,9 @@ class TrainConfig:
     ResNet-18; measure before turning it on)."""
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda or cuda:N."""
+    threads: int = 0
+    """Intra-op threads of each training process (0: the cores it may use, after the loader
+    workers' share; printed at start). More threads than cores slow a step many times."""
     seed: int = 0
     """Seeds the initialisation, the data order and every crop."""
     deterministic: bool = False
@@ -134,11 +137,12 @@ class Config:
             "save_every",
             "save_every_iters",
             "device",
+            "threads",
             "iters_per_epoch",
         )
         for key in (*logistics, "on_collapse", "max_recoveries"):
             d["train"].pop(key)
-        for key in ("workers", "root", "download", "eval_split"):
+        for key in ("workers", "transfer", "root", "download", "eval_split"):
             d["data"].pop(key)
         d.pop("run_dir")
         if d["method"] == "swav":  # runs from before the clustering methods keep their identity
@@ -417,7 +421,17 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
         f"must be one of {', '.join(ON_COLLAPSE)}; got {t.on_collapse!r}",
     )
     _check(t.max_recoveries >= 0, "train.max_recoveries", "must be >= 0")
-    _check(cfg.data.workers >= 0, "data.workers", f"must be >= 0, got {cfg.data.workers}")
+    _check(
+        cfg.data.workers >= -1,
+        "data.workers",
+        f"must be >= 0, or -1 (sized to the cores), got {cfg.data.workers}",
+    )
+    _check(
+        cfg.data.transfer in ("uint8", "float"),
+        "data.transfer",
+        f"must be 'uint8' or 'float', got {cfg.data.transfer!r}",
+    )
+    _check(cfg.train.threads >= 0, "train.threads", f"must be >= 0, got {cfg.train.threads}")
     _check(cfg.data.limit >= 0, "data.limit", f"must be >= 0, got {cfg.data.limit}")
     _check(
         bool(m.n_prototypes) and all(k >= 1 for k in m.n_prototypes),

@@ -373,3 +373,38 @@ def test_decode_only_loader_feeds_the_batched_path_across_worker_processes():
         assert [tuple(b.shape) for b in batched] == [(4, 3, 16, 16)] + [(4, 3, 8, 8)] * 2
         assert all(torch.equal(x, y) for x, y in zip(batched, again))
     assert batches == 2
+
+
+@pytest.mark.parametrize("backend", ["tensor", "pil"])
+def test_uint8_crops_normalise_on_the_device_to_the_float_crops(backend):
+    mc = MultiCrop(
+        n_crops=[2, 3], sizes=[32, 16], min_scale=[0.3, 0.1], max_scale=[1, 0.3], backend=backend
+    )
+    floats = mc(image(), torch.Generator().manual_seed(4))
+    small = mc(image(), torch.Generator().manual_seed(4), as_uint8=True)
+    assert all(c.dtype == torch.uint8 for c in small)
+    assert sum(c.nbytes for c in small) * 4 == sum(c.nbytes for c in floats)
+    std = torch.tensor(mc.config.std).view(3, 1, 1)
+    for f, u in zip(floats, small):
+        back = mc.normalize(u[None])[0]
+        # rounding to 256 levels moves a value by at most half a level, in units of the std
+        limit = 0.5 / 255 / std + 1e-6
+        assert ((back - f).abs() <= limit).all()
+        if backend == "pil":  # Pillow's operations give uint8 already: no rounding at all
+            assert torch.allclose(back, f, atol=1e-6)
+    assert mc.normalize(floats[0]) is floats[0]
+
+
+def test_the_loader_ships_uint8_and_training_normalises_them():
+    from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
+    from swav.data.sources import digits_source
+
+    source = digits_source("train")
+    mc = MultiCrop(n_crops=[1, 2], sizes=[16, 8], min_scale=[0.5, 0.2], max_scale=[1, 0.5])
+    sampler = EpochSampler(len(source), 4, seed=3, max_batches=2)
+    as_float = list(make_loader(MultiCropDataset(source, mc), sampler, 4, workers=0))
+    as_uint8 = list(make_loader(MultiCropDataset(source, mc, as_uint8=True), sampler, 4, 1))
+    for (f, *_), (u, *_) in zip(as_float, as_uint8):
+        assert all(c.dtype == torch.uint8 for c in u)
+        for a, b in zip(f, u):
+            assert (mc.normalize(b) - a).abs().max() < 0.5 / 255 / min(mc.config.std) + 1e-6

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from swav.engine.checkpoint import safe_load
 from swav.engine.launch import (
@@ -14,6 +15,7 @@ from swav.engine.launch import (
     expand_tasks_per_node,
     resolve_launch,
 )
+from swav.engine.runtime import thread_budget, usable_cores
 from tests.conftest import tiny_overrides
 
 
@@ -85,6 +87,45 @@ def test_srun_variables_give_rank_world_and_rendezvous():
 def test_disagreeing_slurm_variables_are_refused(over, words):
     with pytest.raises(LaunchError, match=words):
         resolve_launch(srun_env(**over))
+
+
+def test_processes_on_this_node_are_known_to_share_its_cores():
+    assert resolve_launch(srun_env()).local_world_size == 2  # node 2 of "2(x3),1"
+    assert resolve_launch(srun_env(SLURM_NODEID="3", SLURM_LOCALID="0")).local_world_size == 1
+    no_list = srun_env(SLURM_STEP_TASKS_PER_NODE=None, SLURM_STEP_NODELIST=None)
+    assert resolve_launch({**no_list, "SLURM_NTASKS_PER_NODE": "4"}).local_world_size == 4
+    torchrun = {"RANK": "1", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}
+    assert resolve_launch(torchrun).local_world_size == 4
+    assert resolve_launch(srun_env()).env()["LOCAL_WORLD_SIZE"] == "2"
+
+
+@pytest.mark.parametrize(
+    "threads,workers,device,procs,cores,expect",
+    [
+        (0, -1, "cpu", 1, 2, (1, 1)),  # two cores: one computes, one decodes
+        (0, -1, "cpu", 1, 16, (8, 8)),
+        (0, -1, "cpu", 1, 1, (1, 0)),  # one core: load in the main process
+        (0, -1, "cpu", 2, 16, (4, 4)),  # two processes share the node's cores
+        (0, -1, "cuda", 8, 96, (1, 11)),  # a GPU: workers take all cores but one
+        (3, -1, "cpu", 1, 8, (3, 5)),  # threads given: the workers get the rest
+        (0, 6, "cpu", 1, 8, (2, 6)),  # workers given: the threads get the rest
+        (0, 0, "cpu", 1, 4, (4, 0)),
+        (4, 4, "cpu", 1, 4, (4, 4)),  # both given: kept, and the overlap is said
+    ],
+)
+def test_threads_and_workers_are_sized_together_to_the_cores(
+    threads, workers, device, procs, cores, expect
+):
+    budget = thread_budget(threads, workers, torch.device(device), procs, cores)
+    assert (budget.threads, budget.workers) == expect
+    assert budget.cores == max(1, cores // procs)
+    assert ("compete" in budget.describe()) == (sum(expect) > budget.cores)
+
+
+def test_the_budget_reads_the_affinity_mask():
+    if hasattr(os, "sched_getaffinity"):
+        assert usable_cores() == len(os.sched_getaffinity(0))
+    assert thread_budget(0, -1, torch.device("cpu")).cores == usable_cores()
 
 
 def test_torchrun_wins_and_a_batch_script_is_one_process():

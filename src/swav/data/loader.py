@@ -53,11 +53,18 @@ class MultiCropDataset(Dataset):
     """
 
     def __init__(
-        self, source: ImageSource, transform: MultiCrop, decode_only: bool = False
+        self,
+        source: ImageSource,
+        transform: MultiCrop,
+        decode_only: bool = False,
+        as_uint8: bool = False,
     ) -> None:
+        """``as_uint8``: crops leave the worker as uint8 (``MultiCrop.normalize`` finishes
+        them on the device), a quarter of the bytes of floats."""
         self.source = source
         self.transform = transform
         self.decode_only = decode_only
+        self.as_uint8 = as_uint8
 
     def __len__(self) -> int:
         return len(self.source)
@@ -73,7 +80,7 @@ class MultiCropDataset(Dataset):
         if self.decode_only:
             return Decoded(to_uint8_tensor(img), seed), label, index
         g = torch.Generator().manual_seed(seed)
-        return self.transform(img, g), label, index
+        return self.transform(img, g, self.as_uint8), label, index
 
 
 class EpochSampler(Sampler):

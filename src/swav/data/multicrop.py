@@ -104,16 +104,31 @@ class MultiCrop:
         return list(zip(self.config.n_crops, self.config.sizes))
 
     def __call__(
-        self, img: Image.Image | np.ndarray | Tensor, generator: torch.Generator | None = None
+        self,
+        img: Image.Image | np.ndarray | Tensor,
+        generator: torch.Generator | None = None,
+        as_uint8: bool = False,
     ) -> list[Tensor]:
+        """The crops of ``img``, normalised floats; with ``as_uint8`` the augmented crops as
+        uint8 before normalisation (a quarter of the bytes to ship from a loader worker;
+        ``normalize`` finishes them on the training device)."""
         src = to_uint8_tensor(img)
         if self.device is not None:
             src = src.to(self.device, non_blocking=True)
         cfg = self.config
         crops: list[Tensor] = []
         for n, size, lo, hi in zip(cfg.n_crops, cfg.sizes, cfg.min_scale, cfg.max_scale):
-            crops += list(self.augment_group(src, n, size, (lo, hi), generator).unbind(0))
+            group = self.augment_group(src, n, size, (lo, hi), generator, as_uint8)
+            crops += list(group.unbind(0))
         return crops
+
+    def normalize(self, crops: Tensor) -> Tensor:
+        """uint8 crops (``as_uint8``) as the normalised floats ``__call__`` gives, computed
+        where ``crops`` are (the training device); float crops are returned as they are."""
+        if crops.dtype != torch.uint8:
+            return crops
+        mean, std = self._mean.to(crops.device), self._std.to(crops.device)
+        return crops.float().mul_(1.0 / 255.0).sub_(mean).div_(std)
 
     def _draw_group(
         self,
@@ -155,16 +170,22 @@ class MultiCrop:
         size: int,
         scale: Sequence[float],
         generator: torch.Generator | None,
+        as_uint8: bool = False,
     ) -> Tensor:
         """``n`` crops of ``size`` px from a 3 x H x W uint8 image, as an n x 3 x size x size
-        float batch, each crop with its own random box and photometric parameters."""
+        float batch (or uint8 before normalisation, with ``as_uint8``), each crop with its own
+        random box and photometric parameters."""
         boxes, steps = self._draw_group(src.shape[1], src.shape[2], n, scale, generator)
-        out = torch.empty(n, 3, size, size, device=src.device)
+        dtype = torch.uint8 if as_uint8 else torch.float32
+        out = torch.empty(n, 3, size, size, device=src.device, dtype=dtype)
         photometric = self._photometric_pil if self.config.backend == "pil" else self._photometric
         for (top, left, h, w), step, dst in zip(boxes, steps, out):
             crop = TF.resized_crop(src, top, left, h, w, [size, size], antialias=True)
             x = photometric(crop, **step)
-            torch.sub(x, self._mean, out=dst).div_(self._std)
+            if as_uint8:  # rounded to the nearest of the 256 levels the image came in
+                dst.copy_(x.mul(255.0).round_().clamp_(0.0, 255.0))
+            else:
+                torch.sub(x, self._mean, out=dst).div_(self._std)
         return out
 
     def batch(

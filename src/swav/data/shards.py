@@ -71,7 +71,7 @@ def pack_shards(source: ImageSource, out: str | Path, shard_size: int = 10_000) 
                 key = f"{i:09d}"
                 data, ext = _encoded(source, i)
                 offset, size = _add(tf, key + ext, data)
-                label = source.labels[i]
+                label = int(source.labels[i])
                 if label >= 0:
                     _add(tf, key + ".cls", str(label).encode())
                 members.append([key + ext, offset, size, label, names[i]])

@@ -22,6 +22,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 
+from swav.data.listing import (
+    ArchiveMembers,
+    Listing,
+    PackedStrings,
+    cached_archive_listing,
+    cached_folder_listing,
+)
 from swav.errors import SwAVError
 
 log = logging.getLogger(__name__)
@@ -57,8 +64,12 @@ class DataConfig:
     """Allow torchvision datasets to download. Never needed for folders, archives or 'digits'."""
     limit: int = 0
     """Use only the first N images of a fixed random permutation (0: all)."""
-    workers: int = 2
-    """DataLoader worker processes (0: load in the main process)."""
+    transfer: str = "uint8"
+    """How crops travel from the loader workers: 'uint8' (a quarter of the bytes; normalised on
+    the training device) or 'float' (normalised in the workers)."""
+    workers: int = -1
+    """DataLoader worker processes per training process (0: load in the main process; -1:
+    sized with train.threads to the cores the process may use, printed at start)."""
 
 
 class DataError(SwAVError, ValueError):
@@ -97,11 +108,11 @@ def load_rgb(item: Any) -> Image.Image:
 class ImageSource(torch.utils.data.Dataset):
     """A list of undecoded items with labels and class names."""
 
-    items: list[Any]
-    labels: list[int]
+    items: Sequence[Any]
+    labels: Sequence[int] | np.ndarray
     classes: list[str]
     origin: str
-    names: list[str] | None = None
+    names: Sequence[str] | None = None
     """A readable name per item (relative path or archive member), when there is one."""
 
     def __len__(self) -> int:
@@ -114,7 +125,7 @@ class ImageSource(torch.utils.data.Dataset):
             with open(path, "rb") as f:
                 f.seek(offset)
                 item = f.read(size)
-        return item, self.labels[index]
+        return item, int(self.labels[index])
 
     @property
     def labelled(self) -> bool:
@@ -129,7 +140,7 @@ class ImageSource(torch.utils.data.Dataset):
             [self.names[i] for i in indices] if self.names else None,
         )
 
-    def item_names(self) -> list[str]:
+    def item_names(self) -> Sequence[str]:
         return self.names or [f"{self.origin}#{i}" for i in range(len(self))]
 
 
@@ -137,8 +148,54 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _walk_images(top: str, dirs: dict[str, int]) -> list[str]:
+    """The image files under ``top`` at any depth, as sorted paths relative to it; every
+    directory met is recorded in ``dirs`` with its modification time. Symbolic links to
+    directories below ``top`` are not followed (as ``Path.rglob``)."""
+    found, stack = [], [""]
+    while stack:
+        rel = stack.pop()
+        full = os.path.join(top, rel) if rel else top
+        dirs[full] = os.stat(full).st_mtime_ns
+        with os.scandir(full) as entries:
+            for e in entries:
+                name = os.path.join(rel, e.name) if rel else e.name
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(name)
+                elif _is_image(e.name) and e.is_file():
+                    found.append(name)
+    return sorted(found)
+
+
+def _list_folder(root: Path) -> Listing:
+    """A folder's images: an ImageFolder tree (class sub-folders: labelled) or any folder of
+    images (unlabelled)."""
+    top = str(root)
+    with os.scandir(top) as entries:
+        children = list(entries)
+    subdirs = sorted(e.name for e in children if e.is_dir() and not e.name.startswith("."))
+    direct = any(e.is_file() and _is_image(e.name) for e in children)
+    dirs: dict[str, int] = {}
+    names: list[str] = []
+    labels: list[int] = []
+    classes: list[str] = []
+    if subdirs and not direct:
+        dirs[top] = os.stat(top).st_mtime_ns
+        for d in subdirs:
+            files = _walk_images(os.path.join(top, d), dirs)
+            if files:  # class folders that hold no image are not classes
+                names += [os.path.join(d, f) for f in files]
+                labels += [len(classes)] * len(files)
+                classes.append(d)
+    else:
+        names = _walk_images(top, dirs)
+        labels = [-1] * len(names)
+    return Listing(names, np.asarray(labels, dtype=np.int32), classes, top, dirs)
+
+
 def folder_source(root: str | Path, split: str = "") -> ImageSource:
-    """An ImageFolder tree (class sub-folders: labelled) or any folder of images (unlabelled)."""
+    """An ImageFolder tree (class sub-folders: labelled) or any folder of images (unlabelled);
+    the listing is cached (``swav.data.listing``)."""
     root = Path(root).expanduser()
     if split and (root / split).is_dir():
         root = root / split
@@ -146,31 +203,19 @@ def folder_source(root: str | Path, split: str = "") -> ImageSource:
         raise DataError(f"data path {root} does not exist: give a folder of images or an archive")
     if not root.is_dir():
         raise DataError(f"data path {root} is not a folder or an image archive (.tar, .tar.gz)")
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    direct = [p for p in root.iterdir() if p.is_file() and _is_image(p.name)]
-    items, labels, classes = [], [], []
-    if subdirs and not direct:
-        for label, d in enumerate(subdirs):
-            files = sorted(str(p) for p in d.rglob("*") if p.is_file() and _is_image(p.name))
-            items += files
-            labels += [label] * len(files)
-            classes.append(d.name)
-        # class folders that hold no image are dropped from the class list
-        used = sorted(set(labels))
-        if len(used) != len(classes):
-            remap = {old: new for new, old in enumerate(used)}
-            labels = [remap[lab] for lab in labels]
-            classes = [classes[i] for i in used]
-    else:
-        items = sorted(str(p) for p in root.rglob("*") if p.is_file() and _is_image(p.name))
-        labels = [-1] * len(items)
-    if not items:
+    listing = cached_folder_listing(root, split, _list_folder)
+    if not len(listing.names):
         raise DataError(
             f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)}); "
             "point data.source at a folder that holds images"
         )
-    names = [os.path.relpath(p, root) for p in items]
-    return ImageSource(items, labels, classes, str(root), names)
+    names = listing.names
+    items = (
+        names.joined(str(root))
+        if isinstance(names, PackedStrings)
+        else [os.path.join(root, n) for n in names]
+    )
+    return ImageSource(items, listing.labels.tolist(), listing.classes, str(root), names)
 
 
 def _member_bytes(tf: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
@@ -184,36 +229,50 @@ def tar_source(path: str | Path, split: str = "") -> ImageSource:
     """Images inside a .tar / .tar.gz / .tgz archive, read in place.
 
     Layout ``[<root>/][<split>/]<class>/<image>`` gives labels; images without a class folder are
-    unlabelled. An uncompressed archive is read lazily by offset; a compressed one is read into
-    memory once (gzip cannot seek), which suits archives up to a few GB.
+    unlabelled. An uncompressed archive is read lazily by offset; a compressed one is
+    decompressed once into the listing cache and read by offset from there (without a cache,
+    it is read into memory, which suits archives up to a few GB).
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"archive {path} does not exist")
     try:
+        listing = cached_archive_listing(path, split, lambda tar: _list_archive(tar, split))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"archive {path} is damaged ({e}); download or copy it again") from e
+    if not len(listing.names):
+        where = f" in split {split!r}" if split else ""
+        raise DataError(f"no images found{where} in archive {path}; check data.split")
+    items: Sequence[Any]
+    if listing.offsets is not None and listing.sizes is not None:
+        items = ArchiveMembers(listing.root, listing.offsets, listing.sizes)
+    else:
+        items = listing.data or []
+    origin = f"{path}:{split}" if split else str(path)
+    return ImageSource(items, listing.labels.tolist(), listing.classes, origin, listing.names)
+
+
+def _list_archive(path: Path, split: str) -> Listing:
+    """The images of one archive in ``split``: by offset for an uncompressed one, as bytes
+    read into memory for a compressed one."""
+    try:
         tf = tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError) as e:
         raise DataError(f"{path} is not a readable tar archive: {e}") from e
     compressed = not str(path).endswith(".tar")
-    try:
-        with tf:
-            entries = _tar_entries(tf, path, split, compressed)
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise DataError(f"archive {path} is damaged ({e}); download or copy it again") from e
-    if not entries:
-        where = f" in split {split!r}" if split else ""
-        raise DataError(f"no images found{where} in archive {path}; check data.split")
+    with tf:
+        entries = _tar_entries(tf, path, split, compressed)
     entries.sort(key=lambda e: e[0])
-    labelled = all(len(p) >= 2 for _, p, _ in entries)
+    labelled = bool(entries) and all(len(p) >= 2 for _, p, _ in entries)
     classes = sorted({p[-2] for _, p, _ in entries}) if labelled else []
     index = {c: i for i, c in enumerate(classes)}
-    return ImageSource(
-        [d for _, _, d in entries],
-        [index[p[-2]] if labelled else -1 for _, p, _ in entries],
-        classes,
-        f"{path}:{split}" if split else str(path),
-        [n for n, _, _ in entries],
-    )
+    labels = np.asarray([index[p[-2]] if labelled else -1 for _, p, _ in entries], np.int32)
+    names = [n for n, _, _ in entries]
+    if compressed:
+        return Listing(names, labels, classes, str(path), {}, data=[d for _, _, d in entries])
+    offsets = np.asarray([d[1] for _, _, d in entries], dtype=np.int64)
+    sizes = np.asarray([d[2] for _, _, d in entries], dtype=np.int64)
+    return Listing(names, labels, classes, str(path), {}, offsets, sizes)
 
 
 def _tar_entries(

@@ -23,6 +23,8 @@ class DistInfo:
     local_rank: int = 0
     owned: bool = False
     """True when ``init_distributed`` created the process group (and so must destroy it)."""
+    local_world_size: int = 1
+    """Processes of the job on this node."""
 
     @property
     def is_main(self) -> bool:
@@ -37,16 +39,18 @@ def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group of the launch (torchrun, srun, or none: see
     ``swav.engine.launch``), with NCCL on CUDA and Gloo on the CPU."""
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(
-            dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-        )
+        on_node = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local, local_world_size=on_node)
     launch = resolve_launch(os.environ)
     if launch.world_size <= 1:
         return DistInfo()
     os.environ.update(launch.env())  # srun's variables, as env:// reads them
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), launch.local_rank, owned=True)
+    info = DistInfo(
+        dist.get_rank(), dist.get_world_size(), launch.local_rank, True, launch.local_world_size
+    )
     log.info(
         "process %d of %d (%s, launched by %s, rendezvous %s:%d)",
         info.rank,

@@ -36,6 +36,8 @@ class Launch:
     master_port: int = DEFAULT_PORT
     launcher: str = "single"
     """``torchrun``, ``slurm`` or ``single``."""
+    local_world_size: int = 1
+    """Processes of the job on this node (they share its cores)."""
 
     def env(self) -> dict[str, str]:
         """The variables ``torch.distributed``'s ``env://`` initialisation reads."""
@@ -43,6 +45,7 @@ class Launch:
             "RANK": str(self.rank),
             "WORLD_SIZE": str(self.world_size),
             "LOCAL_RANK": str(self.local_rank),
+            "LOCAL_WORLD_SIZE": str(self.local_world_size),
             "MASTER_ADDR": self.master_addr,
             "MASTER_PORT": str(self.master_port),
         }
@@ -148,7 +151,11 @@ def _slurm(env: Mapping[str, str]) -> Launch:
                 f"SLURM_LOCALID={local} on node {node} does not fit the tasks per node "
                 f"{per_node_text!r}"
             )
-    return Launch(rank, world, local, env.get("MASTER_ADDR") or nodes[0], _port(env), "slurm")
+        on_node = per_node[node] if node is not None else max(per_node)
+    else:
+        on_node = _int(env, "SLURM_NTASKS_PER_NODE") if "SLURM_NTASKS_PER_NODE" in env else 1
+    addr = env.get("MASTER_ADDR") or nodes[0]
+    return Launch(rank, world, local, addr, _port(env), "slurm", max(1, on_node))
 
 
 def _srun_step(env: Mapping[str, str]) -> bool:
@@ -177,9 +184,9 @@ def resolve_launch(env: Mapping[str, str]) -> Launch:
         if not 0 <= rank < world:
             raise LaunchError(f"RANK={rank} is outside WORLD_SIZE={world}")
         local = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
-        return Launch(
-            rank, world, local, env.get("MASTER_ADDR", "127.0.0.1"), _port(env), "torchrun"
-        )
+        on_node = _int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else 1
+        addr = env.get("MASTER_ADDR", "127.0.0.1")
+        return Launch(rank, world, local, addr, _port(env), "torchrun", max(1, on_node))
     if forced == "torchrun":
         raise LaunchError("SWAV_LAUNCH=torchrun but RANK / WORLD_SIZE are not set")
     return Launch()

@@ -4,9 +4,11 @@ signals that ask a run to stop."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -124,3 +126,63 @@ class StopFlag:
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """How a training process shares the cores it may use between its intra-op threads (the
+    forward and backward) and its loader workers (decoding and cropping)."""
+
+    cores: int
+    """Cores this process may use: its CPU affinity divided among the job's processes on
+    the node."""
+    threads: int
+    workers: int
+    reason: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.threads} intra-op thread(s) + {self.workers} loader worker(s) on "
+            f"{self.cores} core(s): {self.reason}"
+        )
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which batch schedulers and
+    ``taskset`` set), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def thread_budget(
+    threads: int,
+    workers: int,
+    device: torch.device,
+    local_processes: int = 1,
+    cores: int | None = None,
+) -> ThreadBudget:
+    """Intra-op threads and loader workers sized together to the cores this process may use
+    (``cores``, default ``usable_cores()``, divided among ``local_processes``), so that they
+    do not oversubscribe them: two cores shared by three busy threads run a training step many
+    times slower. ``threads`` / ``workers`` given (> 0 / >= 0) are kept; the others fill the
+    rest. On a GPU the workers take all cores but one (the main process mostly launches
+    kernels); on the CPU the cores are split between the workers and the computation."""
+    share = max(1, (cores or usable_cores()) // max(1, local_processes))
+    if workers < 0:
+        if device.type == "cuda":
+            workers = max(1, share - 1)
+        else:
+            workers = share // 2 if threads <= 0 else max(0, share - threads)
+    if threads <= 0:
+        threads = max(1, share - workers)
+    if threads + workers > share and share > 1:
+        reason = (
+            "as set; more than the cores, so they compete (lower train.threads or data.workers)"
+        )
+    elif device.type == "cuda":
+        reason = "workers feed the GPU; one core launches its kernels"
+    else:
+        reason = "loader workers decode and crop while the threads compute"
+    return ThreadBudget(share, threads, workers, reason)

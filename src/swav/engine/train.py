@@ -40,6 +40,7 @@ from swav.engine.runtime import (
     resolve_device,
     resolve_precision,
     seed_everything,
+    thread_budget,
 )
 from swav.engine.state import ConfigMismatchError, RunState, saved_state
 from swav.errors import ConfigError
@@ -146,9 +147,11 @@ def pretrain(
     """
     validate(cfg)
     info = init_distributed(resolve_device(cfg.train.device))
+    threads = torch.get_num_threads()
     try:
         return _pretrain(cfg, info, allow_config_change, progress, stop_after_epoch)
     finally:
+        torch.set_num_threads(threads)  # the caller's, as it was
         shutdown(info)
 
 
@@ -303,8 +306,14 @@ def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir
     model, forward = _wrap(core, cfg, info, device)
 
     transform = MultiCrop(cfg.multicrop)
-    dataset = MultiCropDataset(source, transform, decode_only=cfg.multicrop.on_device)
-    loader = make_loader(dataset, sampler, bs, cfg.data.workers, device.type == "cuda")
+    dataset = MultiCropDataset(
+        source, transform, cfg.multicrop.on_device, as_uint8=cfg.data.transfer == "uint8"
+    )
+    budget = thread_budget(cfg.train.threads, cfg.data.workers, device, info.local_world_size)
+    torch.set_num_threads(budget.threads)
+    if info.is_main:
+        log.info("cores: %s", budget.describe())
+    loader = make_loader(dataset, sampler, bs, budget.workers, device.type == "cuda")
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     )
@@ -580,4 +589,8 @@ def _to_device(t: Trainer, crops: list[Any]) -> list[Tensor] | None:
     if not crops or crops[0].shape[0] < 2:
         return None
     fmt = torch.channels_last if t.cfg.train.channels_last else torch.preserve_format
-    return [c.to(t.device, non_blocking=True, memory_format=fmt) for c in crops]
+    # uint8 crops are moved (a quarter of the bytes) and then normalised on the device; the
+    # float conversion keeps the memory format
+    return [
+        t.transform.normalize(c.to(t.device, non_blocking=True, memory_format=fmt)) for c in crops
+    ]
