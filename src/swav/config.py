@@ -157,6 +157,8 @@ class Config:
 ADDED_SETTINGS: dict[tuple[str, str], Any] = {
     ("train", "global_batch"): 0,
     ("train", "sync_bn_group"): 0,
+    ("data", "samples_per_epoch"): 0,
+    ("data", "shuffle_buffer"): 1000,
 }
 """Settings added after the run format: at their default they leave a run's fingerprint as it
 was, so older run directories still resume."""
@@ -366,6 +368,35 @@ def resolve_run_length(cfg: Config, iters_per_epoch: int) -> tuple[Config, list[
     return out, notes
 
 
+def _check_stream(cfg: Config, world_size: int) -> None:
+    """A streaming source needs its epoch length, and trains SwAV only (the clustering methods
+    keep a memory bank indexed by image)."""
+    from swav.data.stream import is_stream
+
+    d = cfg.data
+    _check(d.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be >= 1, got {d.shuffle_buffer}")
+    if not is_stream(d.source):
+        return
+    need = cfg.train.batch_size * world_size
+    _check(
+        d.samples_per_epoch >= need,
+        "data.samples_per_epoch",
+        f"a streaming source ({d.source[:60]}) is never listed: give the samples in an epoch, "
+        f"at least one global batch ({need}); got {d.samples_per_epoch}",
+    )
+    _check(
+        not cfg.multicrop.on_device,
+        "multicrop.on_device",
+        "is not available with a streaming source: its loader workers make the crops",
+    )
+    _check(
+        cfg.method == "swav",
+        "method",
+        f"{cfg.method} keeps a memory bank indexed by image, which a streaming source has not: "
+        "pack the data with `swav shards` and give the shard folder instead",
+    )
+
+
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{key}: {msg}")
@@ -431,6 +462,7 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
         "data.transfer",
         f"must be 'uint8' or 'float', got {cfg.data.transfer!r}",
     )
+    _check_stream(cfg, world_size)
     _check(cfg.train.threads >= 0, "train.threads", f"must be >= 0, got {cfg.train.threads}")
     _check(cfg.data.limit >= 0, "data.limit", f"must be >= 0, got {cfg.data.limit}")
     _check(

@@ -123,3 +123,65 @@ def test_two_processes_stopped_mid_epoch_resume_on_one(tmp_path):
     assert r.epochs_done == 2 and not r.interrupted
     final = safe_load(run / "checkpoint.pt")
     assert final["world_size"] == 1 and final["queue"]["embeddings"].shape[1] == 64
+
+
+def _rank_pids(parent: int) -> dict[int, int]:
+    """The training processes torchrun started, by rank (read from /proc)."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) != parent:
+            continue
+        for var in environ:
+            if var.startswith(b"RANK="):
+                found[int(var[5:])] = int(pid)
+    return found
+
+
+def test_sigkill_of_one_rank_loses_at_most_save_every_iters_steps(tmp_path):
+    from swav.config import build_config
+    from swav.engine.run_dir import RunDir
+    from swav.engine.train import pretrain
+
+    root = Path(__file__).resolve().parents[2]
+    run = tmp_path / "killed"
+    every = 3
+    over = {
+        "train.epochs": 1,
+        "train.iters_per_epoch": 0,
+        "data.limit": 1024,  # 32 global steps of 2 x 16 images
+        "train.log_every": 1,
+        "train.save_every_iters": every,
+    }
+    args = tiny_overrides(run, **over)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(29500 + os.getpid() % 200), "-m", "swav.cli", "pretrain"]
+    proc = subprocess.Popen(
+        [*cmd, "--no-progress", "--preset", "defaults", *args],
+        cwd=root,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    metrics = RunDir(run)
+    while True:  # kill rank 1 without warning a few checkpoints into the epoch
+        assert proc.poll() is None and time.time() < deadline, "the run ended on its own"
+        steps = [m["iteration"] for m in metrics.read_metrics() if "kind" not in m]
+        if steps and max(steps) >= 2 * every + 2:
+            break
+        time.sleep(0.02)
+    os.kill(_rank_pids(proc.pid)[1], signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    done = max(m["iteration"] for m in metrics.read_metrics() if "kind" not in m)
+    state = safe_load(run / "checkpoint.pt")
+    saved = state["next_batch"]
+    assert state["epoch"] == 0 and saved % every == 0 and saved >= every
+    assert done - saved <= every, (done, saved)  # steps lost to the kill
+    r = pretrain(build_config(None, args), progress=False)  # resumed, on one process
+    assert r.epochs_done == 1 and not r.interrupted

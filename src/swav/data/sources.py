@@ -64,6 +64,11 @@ class DataConfig:
     """Allow torchvision datasets to download. Never needed for folders, archives or 'digits'."""
     limit: int = 0
     """Use only the first N images of a fixed random permutation (0: all)."""
+    samples_per_epoch: int = 0
+    """Samples in an epoch of a streaming source (pipe:/http(s):// shards, see
+    swav.data.stream), which is never listed; required there. Ignored by other sources."""
+    shuffle_buffer: int = 1000
+    """Samples a streaming source mixes in memory (each loader worker)."""
     transfer: str = "uint8"
     """How crops travel from the loader workers: 'uint8' (a quarter of the bytes; normalised on
     the training device) or 'float' (normalised in the workers)."""

@@ -21,9 +21,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from swav.config import Config, resolve_run_length, save_config, validate
-from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
+from swav.data.loader import EpochSampler
 from swav.data.multicrop import MultiCrop
-from swav.data.sources import DataError, training_source
+from swav.data.sources import DataError
+from swav.data.stream import StreamDataset
 from swav.engine.checkpoint import keep_copy, safe_load
 from swav.engine.clustering import fill_bank, make_objective, start_epoch
 from swav.engine.curves import plot_loss_curve
@@ -40,10 +41,9 @@ from swav.engine.runtime import (
     resolve_device,
     resolve_precision,
     seed_everything,
-    thread_budget,
 )
 from swav.engine.state import ConfigMismatchError, RunState, saved_state
-from swav.errors import ConfigError
+from swav.engine.train_data import build_data
 from swav.model.config import build_from_config
 from swav.model.swav import SwAV
 from swav.objective.swav_loss import Objective, SwAVConfig, SwAVStep
@@ -87,7 +87,7 @@ class Trainer:
     objective: Objective
     state: RunState
     schedule: np.ndarray
-    sampler: EpochSampler
+    sampler: EpochSampler | StreamDataset
     loader: DataLoader
     transform: MultiCrop
     autocast: Any
@@ -263,8 +263,8 @@ def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir
     ``cfg`` has the schedule settings resolved for this run's length; the run state keeps the
     configuration as given (saved with the checkpoint)."""
     given = cfg
-    source = training_source(cfg.data, cfg.train.seed)
-    validate(cfg, world_size=info.world_size, dataset_size=len(source))
+    data = build_data(cfg, info, device)  # validates the settings against the data's size
+    sampler = data.sampler
     configure_determinism(cfg.train.deterministic, device)
     seed_everything(cfg.train.seed)
 
@@ -272,14 +272,6 @@ def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir
     if cfg.train.channels_last:
         core = core.to(memory_format=torch.channels_last)
     bs = cfg.train.batch_size
-    sampler = EpochSampler(
-        len(source), bs, cfg.train.seed, info.rank, info.world_size, cfg.train.iters_per_epoch
-    )
-    if sampler.batches < 1:
-        raise ConfigError(
-            f"train.batch_size: {len(source)} images give no full global batch of "
-            f"{bs * info.world_size}"
-        )
     cfg, notes = resolve_run_length(given, sampler.batches)
     for note in notes if info.is_main else []:
         log.info("schedule: %s", note)
@@ -299,21 +291,12 @@ def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir
     )
     amp_dtype = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
-    objective = make_objective(cfg, core, info, len(source), sampler.batches * bs).to(device)
+    objective = make_objective(cfg, core, info, data.size, sampler.batches * bs).to(device)
     state = RunState(
         given, info, core, optimizer, scaler, objective.queue, sampler.batches, objective=objective
     )
     model, forward = _wrap(core, cfg, info, device)
 
-    transform = MultiCrop(cfg.multicrop)
-    dataset = MultiCropDataset(
-        source, transform, cfg.multicrop.on_device, as_uint8=cfg.data.transfer == "uint8"
-    )
-    budget = thread_budget(cfg.train.threads, cfg.data.workers, device, info.local_world_size)
-    torch.set_num_threads(budget.threads)
-    if info.is_main:
-        log.info("cores: %s", budget.describe())
-    loader = make_loader(dataset, sampler, bs, budget.workers, device.type == "cuda")
     autocast = (
         torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     )
@@ -329,8 +312,8 @@ def build_trainer(cfg: Config, info: DistInfo, device: torch.device, run: RunDir
         state,
         schedule,
         sampler,
-        loader,
-        transform,
+        data.loader,
+        data.transform,
         autocast,
         dataclasses.replace(cfg.swav),
     )

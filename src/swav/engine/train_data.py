@@ -1,0 +1,73 @@
+"""The data side of a training process: its source (listed, or streamed), its sampler, the
+multi-crop transform and the loader, with the process's cores shared between the loader
+workers and the computation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from swav.config import Config, validate
+from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
+from swav.data.multicrop import MultiCrop
+from swav.data.sources import training_source
+from swav.data.stream import StreamDataset, is_stream, make_stream_loader, stream_shards
+from swav.engine.distributed import DistInfo
+from swav.engine.runtime import thread_budget
+from swav.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainData:
+    size: int
+    """Images in the data (for a stream: samples in an epoch)."""
+    sampler: EpochSampler | StreamDataset
+    """This process's share of each epoch, in global batches (a stream is its own sampler)."""
+    transform: MultiCrop
+    loader: DataLoader
+
+
+def build_data(cfg: Config, info: DistInfo, device: torch.device) -> TrainData:
+    """Opens the training data (validating the settings against its size), and sizes the
+    intra-op threads and loader workers together to this process's cores."""
+    budget = thread_budget(cfg.train.threads, cfg.data.workers, device, info.local_world_size)
+    torch.set_num_threads(budget.threads)
+    if info.is_main:
+        log.info("cores: %s", budget.describe())
+    transform = MultiCrop(cfg.multicrop)
+    bs, seed, uint8 = cfg.train.batch_size, cfg.train.seed, cfg.data.transfer == "uint8"
+    pin = device.type == "cuda"
+    if is_stream(cfg.data.source):
+        validate(cfg, world_size=info.world_size)
+        stream = StreamDataset(
+            stream_shards(cfg.data.source),
+            transform,
+            bs,
+            cfg.data.samples_per_epoch,
+            seed,
+            info.rank,
+            info.world_size,
+            cfg.data.shuffle_buffer,
+            uint8,
+            cfg.train.iters_per_epoch,
+        )
+        loader = make_stream_loader(stream, bs, budget.workers, pin)
+        return TrainData(cfg.data.samples_per_epoch, stream, transform, loader)
+    source = training_source(cfg.data, seed)
+    validate(cfg, world_size=info.world_size, dataset_size=len(source))
+    sampler = EpochSampler(
+        len(source), bs, seed, info.rank, info.world_size, cfg.train.iters_per_epoch
+    )
+    if sampler.batches < 1:
+        raise ConfigError(
+            f"train.batch_size: {len(source)} images give no full global batch of "
+            f"{bs * info.world_size}"
+        )
+    dataset = MultiCropDataset(source, transform, cfg.multicrop.on_device, as_uint8=uint8)
+    loader = make_loader(dataset, sampler, bs, budget.workers, pin)
+    return TrainData(len(source), sampler, transform, loader)
