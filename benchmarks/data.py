@@ -163,7 +163,9 @@ def main() -> None:
     if "listing" in args.only:
         with tempfile.TemporaryDirectory(dir=args.workdir) as d:
             record["listing"] = bench_listing(args.files, Path(d))
-            record["listing"]["command"] = f"python benchmarks/data.py --only listing --files {args.files}"
+            record["listing"]["command"] = (
+                f"python benchmarks/data.py --only listing --files {args.files}"
+            )
     if "loader" in args.only:
         torch.set_num_threads(1)
         record["loader"] = bench_loader()

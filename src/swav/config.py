@@ -368,6 +368,21 @@ def resolve_run_length(cfg: Config, iters_per_epoch: int) -> tuple[Config, list[
     return out, notes
 
 
+def _check_data(cfg: Config, world_size: int) -> None:
+    """The data section: loader workers, how crops travel, streaming."""
+    _check(
+        cfg.data.workers >= -1,
+        "data.workers",
+        f"must be >= 0, or -1 (sized to the cores), got {cfg.data.workers}",
+    )
+    _check(
+        cfg.data.transfer in ("uint8", "float"),
+        "data.transfer",
+        f"must be 'uint8' or 'float', got {cfg.data.transfer!r}",
+    )
+    _check_stream(cfg, world_size)
+
+
 def _check_stream(cfg: Config, world_size: int) -> None:
     """A streaming source needs its epoch length, and trains SwAV only (the clustering methods
     keep a memory bank indexed by image)."""
@@ -452,17 +467,7 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
         f"must be one of {', '.join(ON_COLLAPSE)}; got {t.on_collapse!r}",
     )
     _check(t.max_recoveries >= 0, "train.max_recoveries", "must be >= 0")
-    _check(
-        cfg.data.workers >= -1,
-        "data.workers",
-        f"must be >= 0, or -1 (sized to the cores), got {cfg.data.workers}",
-    )
-    _check(
-        cfg.data.transfer in ("uint8", "float"),
-        "data.transfer",
-        f"must be 'uint8' or 'float', got {cfg.data.transfer!r}",
-    )
-    _check_stream(cfg, world_size)
+    _check_data(cfg, world_size)
     _check(cfg.train.threads >= 0, "train.threads", f"must be >= 0, got {cfg.train.threads}")
     _check(cfg.data.limit >= 0, "data.limit", f"must be >= 0, got {cfg.data.limit}")
     _check(

@@ -408,3 +408,40 @@ def test_the_loader_ships_uint8_and_training_normalises_them():
         assert all(c.dtype == torch.uint8 for c in u)
         for a, b in zip(f, u):
             assert (mc.normalize(b) - a).abs().max() < 0.5 / 255 / min(mc.config.std) + 1e-6
+
+
+def test_jpegs_can_leave_the_workers_undecoded_and_be_decoded_as_a_batch(tmp_path):
+    from swav.data.loader import (
+        Decoded,
+        Encoded,
+        EpochSampler,
+        MultiCropDataset,
+        collate_crops,
+        decode_batch,
+    )
+    from swav.data.sources import folder_source, load_rgb
+
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        arr = rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(tmp_path / f"{i}.jpg", quality=95)
+    Image.fromarray(arr).save(tmp_path / "5.png")
+    good = (tmp_path / "0.jpg").read_bytes()
+    (tmp_path / "6.jpg").write_bytes(good[: len(good) // 3])  # cut short: fails to decode
+    source = folder_source(tmp_path)
+    mc = MultiCrop(n_crops=[1], sizes=[8], min_scale=[0.5], max_scale=[1.0])
+    ds = MultiCropDataset(source, mc, decode_only=True, jpeg_on_device=True)
+    sampler = EpochSampler(len(source), 7, seed=2)
+    items = [ds[key] for key in sampler]
+    crops, _, indices, bad = collate_crops(items)
+    assert not bad and len(crops) == 7
+    kinds = {source.names[i]: type(c) for c, i in zip(crops, indices.tolist())}
+    assert kinds["5.png"] is Decoded and kinds["3.jpg"] is Encoded
+    images, kept, failed = decode_batch(crops, "cpu")
+    assert failed == ["6.jpg"] and len(images) == len(kept) == 6
+    for img, k in zip(images, kept):
+        expected = to_uint8_tensor(load_rgb(source[indices[k]][0]))
+        # libjpeg's and Pillow's decoders may round a few pixel values differently
+        assert img.shape == expected.shape and (img.int() - expected.int()).abs().max() <= 2
+    again = mc.batch(images, [crops[k].generator() for k in kept])
+    assert again[0].shape == (6, 3, 8, 8)

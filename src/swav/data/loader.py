@@ -38,6 +38,62 @@ class Decoded:
 
 
 @dataclass
+class Encoded:
+    """A JPEG's bytes (a 1-D uint8 tensor) and its augmentation seed, for decoding a whole
+    batch on the training device (``decode_batch``): the loader workers then only read files."""
+
+    data: torch.Tensor
+    seed: int
+    name: str
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+
+def _jpeg_bytes(item: Any) -> bytes | None:
+    """The bytes of ``item`` when it is a JPEG (bytes, or a path to one), else None."""
+    if isinstance(item, str) and item.lower().endswith((".jpg", ".jpeg")):
+        with open(item, "rb") as f:
+            item = f.read()
+    if isinstance(item, bytes | bytearray) and item[:3] == b"\xff\xd8\xff":
+        return bytes(item)
+    return None
+
+
+def decode_batch(
+    images: list[Decoded | Encoded], device: torch.device | str
+) -> tuple[list[torch.Tensor], list[int], list[str]]:
+    """The batch's images as 3 x H x W uint8 tensors on ``device``: JPEGs decoded there in one
+    call (nvJPEG on a GPU), the others as the workers decoded them. Returns the images, the
+    positions in ``images`` they come from, and the names of JPEGs that failed to decode
+    (skipped, as a worker skips a corrupt file)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    encoded = [i for i, x in enumerate(images) if isinstance(x, Encoded)]
+    out: dict[int, torch.Tensor] = {
+        i: x.image.to(device, non_blocking=True)
+        for i, x in enumerate(images)
+        if isinstance(x, Decoded)
+    }
+    failed: list[str] = []
+    if encoded:
+        data = [images[i].data for i in encoded]  # type: ignore[union-attr]
+        try:
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # one bad file fails the batch: decode them one by one
+            decoded = []
+            for i, d in zip(encoded, data):
+                try:
+                    decoded.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    decoded.append(None)
+                    failed.append(images[i].name)  # type: ignore[union-attr]
+        out.update({i: d for i, d in zip(encoded, decoded) if d is not None})
+    kept = sorted(out)
+    return [out[i] for i in kept], kept, failed
+
+
+@dataclass
 class Corrupt:
     index: int
     name: str
@@ -58,25 +114,37 @@ class MultiCropDataset(Dataset):
         transform: MultiCrop,
         decode_only: bool = False,
         as_uint8: bool = False,
+        jpeg_on_device: bool = False,
     ) -> None:
         """``as_uint8``: crops leave the worker as uint8 (``MultiCrop.normalize`` finishes
-        them on the device), a quarter of the bytes of floats."""
+        them on the device), a quarter of the bytes of floats. ``jpeg_on_device`` (with
+        ``decode_only``): JPEGs leave the worker undecoded, as ``Encoded``, for
+        ``decode_batch`` on the device."""
         self.source = source
         self.transform = transform
         self.decode_only = decode_only
         self.as_uint8 = as_uint8
+        self.jpeg_on_device = jpeg_on_device and decode_only
 
     def __len__(self) -> int:
         return len(self.source)
 
+    def _name(self, index: int) -> str:
+        names = self.source.names
+        return names[index] if names else str(index)
+
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, 0)
         item, label = self.source[index]
+        if self.jpeg_on_device:
+            jpeg = _jpeg_bytes(item)
+            if jpeg is not None:
+                data = torch.frombuffer(bytearray(jpeg), dtype=torch.uint8)
+                return Encoded(data, seed, self._name(index)), label, index
         try:
             img = load_rgb(item)
         except Exception as e:  # any decoder failure: skip the image, keep training
-            names = self.source.names
-            return Corrupt(index, names[index] if names else str(index), f"{type(e).__name__}: {e}")
+            return Corrupt(index, self._name(index), f"{type(e).__name__}: {e}")
         if self.decode_only:
             return Decoded(to_uint8_tensor(img), seed), label, index
         g = torch.Generator().manual_seed(seed)
@@ -155,7 +223,7 @@ def collate_crops(
     bad = [b for b in batch if isinstance(b, Corrupt)]
     if not good:
         return [], torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), bad
-    if isinstance(good[0][0], Decoded):
+    if isinstance(good[0][0], Decoded | Encoded):
         crops = [b[0] for b in good]
     else:
         crops = [torch.stack([b[0][v] for b in good]) for v in range(len(good[0][0]))]

@@ -43,7 +43,7 @@ def fill_bank(t: Trainer) -> None:
     obj = t.objective
     if not isinstance(obj, ClusterLoss) or obj.bank.filled:
         return
-    from swav.engine.train import _to_device
+    from swav.engine.train import batch_to_device
 
     t0 = time.time()
     if t.dist.is_main:
@@ -52,7 +52,7 @@ def fill_bank(t: Trainer) -> None:
     t.core.eval()
     batch = t.cfg.train.batch_size
     for batch_idx, (crops, _labels, indices, _bad) in enumerate(t.loader):
-        crops = _to_device(t, crops)
+        crops, indices = batch_to_device(t, crops, indices)
         if crops is None:
             continue
         with t.autocast:

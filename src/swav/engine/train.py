@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from swav.config import Config, resolve_run_length, save_config, validate
-from swav.data.loader import EpochSampler
+from swav.data.loader import EpochSampler, decode_batch
 from swav.data.multicrop import MultiCrop
 from swav.data.sources import DataError
 from swav.data.stream import StreamDataset
@@ -488,7 +488,7 @@ def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) ->
         iteration = epoch * t.iters + batch_idx
         if bad:
             t.state.corrupt += logger.skipped(bad)
-        crops = _to_device(t, crops)
+        crops, indices = batch_to_device(t, crops, indices)
         if crops is None:
             _refuse_unreadable_data(t, steps, batch_idx - first_batch + 1)
             continue
@@ -562,18 +562,24 @@ def training_step(
     return step
 
 
-def _to_device(t: Trainer, crops: list[Any]) -> list[Tensor] | None:
-    """The batch's crops on the training device (cropped there from decoded images with
-    ``multicrop.on_device``); None when fewer than two images are left."""
+def batch_to_device(
+    t: Trainer, crops: list[Any], indices: Tensor
+) -> tuple[list[Tensor] | None, Tensor]:
+    """The batch's crops on the training device and the dataset indices of their images
+    (with ``multicrop.on_device``: cropped there, from images the workers decoded or JPEGs
+    decoded there); None when fewer than two images are left."""
     if crops and t.cfg.multicrop.on_device:
-        crops = t.transform.batch(
-            [d.image for d in crops], [d.generator() for d in crops], t.device
-        )
+        images, kept, failed = decode_batch(crops, t.device)
+        if failed:
+            t.state.corrupt += failed
+            log.warning("skipped %d image(s) that could not be decoded: %s", len(failed), failed)
+        generators = [crops[i].generator() for i in kept]
+        crops = t.transform.batch(images, generators, t.device) if images else []
+        indices = indices[kept]
     if not crops or crops[0].shape[0] < 2:
-        return None
+        return None, indices
     fmt = torch.channels_last if t.cfg.train.channels_last else torch.preserve_format
     # uint8 crops are moved (a quarter of the bytes) and then normalised on the device; the
     # float conversion keeps the memory format
-    return [
-        t.transform.normalize(c.to(t.device, non_blocking=True, memory_format=fmt)) for c in crops
-    ]
+    moved = [c.to(t.device, non_blocking=True, memory_format=fmt) for c in crops]
+    return [t.transform.normalize(c) for c in moved], indices

@@ -68,6 +68,7 @@ def build_data(cfg: Config, info: DistInfo, device: torch.device) -> TrainData:
             f"train.batch_size: {len(source)} images give no full global batch of "
             f"{bs * info.world_size}"
         )
-    dataset = MultiCropDataset(source, transform, cfg.multicrop.on_device, as_uint8=uint8)
+    on_gpu = cfg.multicrop.on_device and device.type == "cuda"  # JPEGs decoded by nvJPEG
+    dataset = MultiCropDataset(source, transform, cfg.multicrop.on_device, uint8, on_gpu)
     loader = make_loader(dataset, sampler, bs, budget.workers, pin)
     return TrainData(len(source), sampler, transform, loader)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
@@ -27,7 +28,9 @@ from swav.eval.linear import (
 from swav.model.features import ImageDataset
 
 
-def balanced_subset(labels: Sequence[int] | Tensor, fraction: float, seed: int = 0) -> list[int]:
+def balanced_subset(
+    labels: Sequence[int] | np.ndarray | Tensor, fraction: float, seed: int = 0
+) -> list[int]:
     """Indices holding ``round(fraction x n_c)`` (at least 1) images of every class c."""
     if not 0 < fraction <= 1:
         raise UsageError(f"fraction must be in (0, 1], got {fraction}")
@@ -41,7 +44,7 @@ def balanced_subset(labels: Sequence[int] | Tensor, fraction: float, seed: int =
     return sorted(chosen)
 
 
-def subset_from_file(names: list[str], path: str | Path) -> list[int]:
+def subset_from_file(names: Sequence[str], path: str | Path) -> list[int]:
     """Indices of the images listed (one file name or relative path per line) in ``path``."""
     wanted = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     index = {n: i for i, n in enumerate(names)}
