@@ -12,6 +12,9 @@ writes the cache), and a cached open; and the same for the Imagenette ``.tar.gz`
 ``../shared/data`` (without the cache every process decompresses it into memory). Each open
 reports its time and the resident memory it added (VmRSS after minus before).
 
+cores: training images/s of the Imagenette recipe at 64 px for several splits of the cores
+between intra-op threads and loader workers, the budget's own choice first.
+
 loader: a DataLoader over a 500 x 375 JPEG (an Imagenette photo; decode included) with the
 ImageNet recipe's crops (2 x 224 + 6 x 96), 1 and 2 worker processes, crops shipped as uint8
 (normalised on the training device) against float (normalised in the worker). The main process
@@ -144,9 +147,41 @@ def bench_loader(images: int = 96, batch: int = 16) -> dict:
     return out
 
 
+CORES_SPLITS = [(0, -1), (2, 1), (2, 2), (1, 2)]
+"""(train.threads, data.workers): the budget's choice (0, -1), and the others on 2 cores."""
+
+
+def bench_cores(iters: int = 60) -> dict:
+    """Training images/s of the Imagenette recipe (ResNet-18, 2 x 64 + 4 x 32, batch 64) for
+    several splits of the cores between intra-op threads and loader workers, each in a fresh
+    process, measured over the iterations after the first ten."""
+    archive = SHARED / "imagenette-96.tar.gz"
+    out: dict = {}
+    for threads, workers in CORES_SPLITS:
+        with tempfile.TemporaryDirectory() as d:
+            cmd = [sys.executable, "-m", "swav.cli", "pretrain", "--no-progress"]
+            cmd += ["--data", str(archive), "--run-dir", d, "multicrop.sizes=[64,32]"]
+            cmd += [f"train.threads={threads}", f"data.workers={workers}"]
+            cmd += [f"train.iters_per_epoch={iters}", "train.epochs=1", "train.log_every=10"]
+            env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(done.stderr[-2000:])
+            split = [ln for ln in done.stderr.splitlines() if "cores:" in ln]
+            rows = [json.loads(ln) for ln in (Path(d) / "metrics.jsonl").read_text().splitlines()]
+            rates = [r["images_per_s"] for r in rows if "images_per_s" in r][1:]
+        key = "auto" if threads == 0 else f"{threads}_threads_{workers}_workers"
+        out[key] = {
+            "images_per_s": round(sorted(rates)[len(rates) // 2], 1),
+            "split": split[-1].split("cores: ")[-1] if split else "",
+        }
+        print(key, json.dumps(out[key]), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", nargs="*", default=["listing", "loader"])
+    ap.add_argument("--only", nargs="*", default=["listing", "loader", "cores"])
     ap.add_argument("--files", type=int, default=1_000_000)
     ap.add_argument("--workdir", default=None, help="where the file tree is made (a temp dir)")
     ap.add_argument("--out", default=str(HERE / "results" / "data.json"))
@@ -170,6 +205,9 @@ def main() -> None:
         torch.set_num_threads(1)
         record["loader"] = bench_loader()
         record["loader"]["command"] = "python benchmarks/data.py --only loader"
+    if "cores" in args.only:
+        record["cores"] = bench_cores()
+        record["cores"]["command"] = "python benchmarks/data.py --only cores"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(record, indent=2))
 

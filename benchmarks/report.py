@@ -72,12 +72,84 @@ def _rss(r: dict) -> str:
     return f"; peak RSS ours / peer {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
 
 
+def data_section(d: dict) -> list[str]:
+    """Listing a dataset (cached or not), loader images/s per worker, cores split."""
+    m = d.get("machine", {})
+    out = [
+        "## Data at scale",
+        "",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
+        f"{m.get('cpu_capability', '?')}, torch {m.get('torch', '?')}. GPU: {m.get('gpu', '?')}.",
+        "",
+    ]
+    if "listing" in d:
+        out += [
+            "Opening a dataset in a fresh process (`swav.data.sources.open_source`): time and "
+            f"resident memory added (`{d['listing']['command']}`).",
+            "",
+            "| dataset | images | uncached | first open, cache on | cached | cached vs uncached |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in d["listing"].items():
+            if not isinstance(r, dict):
+                continue
+            cells = [
+                f"{r[k]['seconds']:.2f} s, {r[k]['rss_mb']:.0f} MB"
+                for k in ("uncached", "first_open_with_cache", "cached")
+            ]
+            out.append(
+                f"| {name} | {r['cached']['images']:,} | " + " | ".join(cells) + " | "
+                f"{r['speedup_cached_vs_uncached']}x faster, "
+                f"{r['memory_ratio_uncached_vs_cached']}x less memory |"
+            )
+        out.append("")
+    if "loader" in d:
+        r = d["loader"]
+        out += [
+            "Loader: 2 x 224 + 6 x 96 crops of a 500 x 375 JPEG, decode included, the main "
+            f"process only receiving batches (`{r['command']}`).",
+            "",
+            "| workers | crops as | images/s | per worker | MB per image |",
+            "|---|---|---|---|---|",
+        ]
+        for key, v in r.items():
+            if isinstance(v, dict):
+                workers, _, transfer = key.split("_", 2)
+                out.append(
+                    f"| {workers} | {transfer.replace('workers_', '')} | {v['images_per_s']} | "
+                    f"{v['images_per_s_per_worker']} | {v['mb_per_image']} |"
+                )
+        out += [
+            "",
+            f"One GPU fed at 1,000 / 2,500 images/s needs about {r['workers_for_1000_img_s']} / "
+            f"{r['workers_for_2500_img_s']} such workers (cores), or `multicrop.on_device`.",
+            "",
+        ]
+    if "cores" in d:
+        r = d["cores"]
+        out += [
+            "Training images/s of the Imagenette recipe (ResNet-18, 2 x 64 + 4 x 32, batch 64) "
+            f"by split of the cores (`{r['command']}`):",
+            "",
+            "| split | images/s | printed at start |",
+            "|---|---|---|",
+        ]
+        out += [
+            f"| {k} | {v['images_per_s']} | {v['split']} |"
+            for k, v in r.items()
+            if isinstance(v, dict)
+        ]
+        out.append("")
+    return out
+
+
 def main() -> None:
     out = [
         "# Recorded benchmark results",
         "",
-        "Produced by the commands below on a 2-core CPU machine (AMD EPYC, AVX2, no AVX-512 / "
-        "bf16 instructions, so the speed figures are fp32). Regenerate this page with "
+        "Produced by the commands below on 2-core CPU machines; each section names its CPU "
+        "(the side-by-side speed figures: AMD EPYC, AVX2, no bf16 instructions, so fp32; the "
+        "quality and data figures: AVX-512 BF16 / AMX, bf16). Regenerate this page with "
         "`python benchmarks/report.py`.",
         "",
     ]
@@ -101,6 +173,11 @@ def main() -> None:
         ]
         out += [f"- `{r['command']}`" for r in quality]
         out += [""]
+        notes = [f"- `{r['name']}`: {r['note']}" for r in quality if r.get("note")]
+        out += ["Notes:", "", *notes, ""] if notes else []
+    data_path = HERE / "results" / "data.json"
+    if data_path.exists():
+        out += data_section(json.loads(data_path.read_text()))
     perf_path = HERE / "results" / "perf.json"
     if perf_path.exists():
         p = json.loads(perf_path.read_text())

@@ -102,24 +102,33 @@ def test_processes_on_this_node_are_known_to_share_its_cores():
 @pytest.mark.parametrize(
     "threads,workers,device,procs,cores,expect",
     [
-        (0, -1, "cpu", 1, 2, (1, 1)),  # two cores: one computes, one decodes
-        (0, -1, "cpu", 1, 16, (8, 8)),
+        (0, -1, "cpu", 1, 2, (2, 1)),  # two cores: both compute, one worker crops ahead
+        (0, -1, "cpu", 1, 16, (16, 4)),
         (0, -1, "cpu", 1, 1, (1, 0)),  # one core: load in the main process
-        (0, -1, "cpu", 2, 16, (4, 4)),  # two processes share the node's cores
+        (0, -1, "cpu", 2, 16, (8, 2)),  # two processes share the node's cores
         (0, -1, "cuda", 8, 96, (1, 11)),  # a GPU: workers take all cores but one
         (3, -1, "cpu", 1, 8, (3, 5)),  # threads given: the workers get the rest
-        (0, 6, "cpu", 1, 8, (2, 6)),  # workers given: the threads get the rest
+        (0, 6, "cpu", 1, 8, (8, 6)),  # workers given: the threads still take the cores
         (0, 0, "cpu", 1, 4, (4, 0)),
         (4, 4, "cpu", 1, 4, (4, 4)),  # both given: kept, and the overlap is said
     ],
 )
 def test_threads_and_workers_are_sized_together_to_the_cores(
-    threads, workers, device, procs, cores, expect
+    threads, workers, device, procs, cores, expect, monkeypatch
 ):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     budget = thread_budget(threads, workers, torch.device(device), procs, cores)
     assert (budget.threads, budget.workers) == expect
     assert budget.cores == max(1, cores // procs)
-    assert ("compete" in budget.describe()) == (sum(expect) > budget.cores)
+    compete = threads > 0 and workers >= 0 and sum(expect) > budget.cores
+    assert ("compete" in budget.describe()) == compete
+
+
+def test_omp_num_threads_stands_for_the_threads_unless_they_are_set(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as torchrun sets it
+    budget = thread_budget(0, -1, torch.device("cpu"), 1, 8)
+    assert (budget.threads, budget.workers) == (1, 7) and "OMP_NUM_THREADS=1" in budget.describe()
+    assert thread_budget(3, -1, torch.device("cpu"), 1, 8).threads == 3
 
 
 def test_the_budget_reads_the_affinity_mask():

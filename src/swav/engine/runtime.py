@@ -164,25 +164,37 @@ def thread_budget(
     cores: int | None = None,
 ) -> ThreadBudget:
     """Intra-op threads and loader workers sized together to the cores this process may use
-    (``cores``, default ``usable_cores()``, divided among ``local_processes``), so that they
-    do not oversubscribe them: two cores shared by three busy threads run a training step many
-    times slower. ``threads`` / ``workers`` given (> 0 / >= 0) are kept; the others fill the
-    rest. On a GPU the workers take all cores but one (the main process mostly launches
-    kernels); on the CPU the cores are split between the workers and the computation."""
+    (``cores``, default ``usable_cores()``, divided among ``local_processes``), so that they do
+    not oversubscribe them. ``threads`` / ``workers`` given (> 0 / >= 0) are kept; the others
+    fill the rest; ``OMP_NUM_THREADS``, when set, stands for ``threads``. On a GPU the workers
+    take all cores but one (the main process mostly
+    launches kernels). On the CPU the computation is the bottleneck: its threads take every
+    core, and a quarter as many workers (at least one) crop ahead in the gaps, waiting while
+    their prefetched batches are not taken (measured in ``benchmarks/data.py --only cores``)."""
     share = max(1, (cores or usable_cores()) // max(1, local_processes))
+    env_threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads <= 0 and env_threads.isdigit() and int(env_threads) > 0:
+        threads = int(env_threads)  # set for this process (torchrun sets 1): kept
+    auto, both_given = threads <= 0 and workers < 0, threads > 0 and workers >= 0
     if workers < 0:
         if device.type == "cuda":
             workers = max(1, share - 1)
+        elif threads <= 0:
+            workers = max(1, share // 4) if share > 1 else 0
         else:
-            workers = share // 2 if threads <= 0 else max(0, share - threads)
+            workers = max(0, share - threads)
     if threads <= 0:
-        threads = max(1, share - workers)
-    if threads + workers > share and share > 1:
+        threads = share if device.type != "cuda" else max(1, share - workers)
+    if device.type == "cuda":
+        reason = "workers feed the GPU; one core launches its kernels"
+    elif auto:
+        reason = "the computation takes every core; the workers crop ahead in its gaps"
+    elif both_given and threads + workers > share:
         reason = (
             "as set; more than the cores, so they compete (lower train.threads or data.workers)"
         )
-    elif device.type == "cuda":
-        reason = "workers feed the GPU; one core launches its kernels"
     else:
-        reason = "loader workers decode and crop while the threads compute"
+        reason = "as set"
+    if env_threads.isdigit() and threads == int(env_threads):
+        reason += f" (threads from OMP_NUM_THREADS={env_threads}; train.threads overrides it)"
     return ThreadBudget(share, threads, workers, reason)
