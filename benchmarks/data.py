@@ -76,7 +76,7 @@ def open_in_fresh_process(source: str, split: str, cache: str) -> dict:
         text=True,
     ).stdout
     r = json.loads(out.strip().splitlines()[-1])
-    return {k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
 
 
 def bench_listing(files: int, workdir: Path) -> dict:
@@ -97,7 +97,7 @@ def bench_listing(files: int, workdir: Path) -> dict:
             "cached": open_in_fresh_process(source, split, cache),
         }
         r["speedup_cached_vs_uncached"] = round(
-            r["uncached"]["seconds"] / r["cached"]["seconds"], 1
+            r["uncached"]["seconds"] / max(r["cached"]["seconds"], 1e-4), 1
         )
         r["memory_ratio_uncached_vs_cached"] = round(
             r["uncached"]["rss_mb"] / max(r["cached"]["rss_mb"], 0.1), 1
@@ -173,7 +173,7 @@ def bench_cores(iters: int = 60) -> dict:
         key = "auto" if threads == 0 else f"{threads}_threads_{workers}_workers"
         out[key] = {
             "images_per_s": round(sorted(rates)[len(rates) // 2], 1),
-            "split": split[-1].split("cores: ")[-1] if split else "",
+            "split": split[-1].split("cores: ")[-1].split(":")[0] if split else "",
         }
         print(key, json.dumps(out[key]), flush=True)
     return out

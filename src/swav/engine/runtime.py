@@ -189,7 +189,7 @@ def thread_budget(
         reason = "workers feed the GPU; one core launches its kernels"
     elif auto:
         reason = "the computation takes every core; the workers crop ahead in its gaps"
-    elif both_given and threads + workers > share:
+    elif both_given and max(threads, workers) > share:
         reason = (
             "as set; more than the cores, so they compete (lower train.threads or data.workers)"
         )
