@@ -94,7 +94,7 @@ def data_section(d: dict) -> list[str]:
             if not isinstance(r, dict):
                 continue
             cells = [
-                f"{r[k]['seconds']:.2f} s, {r[k]['rss_mb']:.0f} MB"
+                f"{r[k]['seconds']:.3g} s, {r[k]['rss_mb']:.2g} MB"
                 for k in ("uncached", "first_open_with_cache", "cached")
             ]
             out.append(
