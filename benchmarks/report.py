@@ -94,7 +94,9 @@ def data_section(d: dict) -> list[str]:
             if not isinstance(r, dict):
                 continue
             cells = [
-                f"{r[k]['seconds']:.3g} s, {r[k]['rss_mb']:.2g} MB"
+                f"{r[k]['seconds']:.3g} s, "
+                + (f"{r[k]['rss_mb']:.0f}" if r[k]["rss_mb"] >= 10 else f"{r[k]['rss_mb']:.2g}")
+                + " MB"
                 for k in ("uncached", "first_open_with_cache", "cached")
             ]
             out.append(
