@@ -187,6 +187,18 @@ def _load(folder: Path) -> Listing | None:
     )
 
 
+def _keep(listing: Listing, folder: Path, what: Path) -> Listing:
+    """``listing`` saved to the cache ``folder`` and mapped back from it; the listing itself
+    (with a warning) when the cache cannot be written."""
+    try:
+        _save(listing, folder)
+    except OSError as e:
+        log.warning("could not cache the listing of %s in %s (%s)", what, folder.parent, e)
+        return listing
+    log.info("listed %s: %d images (cached in %s)", what, len(listing.names), folder)
+    return _load(folder) or listing
+
+
 def cached_folder_listing(root: Path, split: str, make: Any) -> Listing:
     """The listing of the folder ``root`` (``make(root)`` lists it), from the cache when its
     directories have not changed since."""
@@ -198,14 +210,7 @@ def cached_folder_listing(root: Path, split: str, make: Any) -> Listing:
         found = _load(folder)
         if found is not None and _dirs_unchanged(found.dirs):
             return found
-        listing = make(root)
-        try:
-            _save(listing, folder)
-        except OSError as e:
-            log.warning("could not cache the listing of %s in %s (%s)", root, cache, e)
-            return listing
-        log.info("listed %s: %d images (cached in %s)", root, len(listing.names), folder)
-        return _load(folder) or listing
+        return _keep(make(root), folder, root)
 
 
 def cached_archive_listing(path: Path, split: str, make: Any) -> Listing:
@@ -227,13 +232,7 @@ def cached_archive_listing(path: Path, split: str, make: Any) -> Listing:
             tar = cache / f"{_key('decompressed', *signature)}.tar"
             if not tar.is_file() and not _decompress(path, tar):
                 return make(path)
-        listing = make(tar)
-        try:
-            _save(listing, folder)
-        except OSError as e:
-            log.warning("could not cache the listing of %s in %s (%s)", path, cache, e)
-            return listing
-        return _load(folder) or listing
+        return _keep(make(tar), folder, path)
 
 
 def _decompress(path: Path, tar: Path) -> bool:

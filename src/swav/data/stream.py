@@ -68,9 +68,10 @@ def expand_braces(spec: str) -> list[str]:
 def stream_shards(source: str) -> list[str]:
     """The shards a streaming source names (space-separated specs, each maybe a brace list);
     local files are checked before anything starts."""
-    shards = [name for spec in source.split() if spec for name in expand_braces(spec)]
     if source.startswith("pipe:"):  # one command, braces expanded inside it
         shards = expand_braces(source)
+    else:
+        shards = [name for spec in source.split() for name in expand_braces(spec)]
     local = [s[5:] if s.startswith("file:") else s for s in shards if not s.startswith(SCHEMES)]
     local += [s[5:] for s in shards if s.startswith("file:")]
     missing = [p for p in local if not Path(p).expanduser().is_file()]
