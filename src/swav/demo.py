@@ -36,7 +36,7 @@ def heldout_features(
     train = training_source(cfg.data, seed)
     test = heldout_source(cfg.data, seed, eval_limit)
     mc = cfg.multicrop
-    tf = EvalTransform.for_size(mc.sizes[0], mc.mean, mc.std)
+    tf = EvalTransform.for_size(mc.evaluation_size, mc.mean, mc.std)
     return extract_features(model, train, tf).valid(), extract_features(model, test, tf).valid()
 
 

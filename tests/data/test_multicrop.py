@@ -105,6 +105,13 @@ def test_invalid_config():
         MultiCrop(n_crops=[2, 6], sizes=[224, 96], min_scale=[0.14], max_scale=[1, 0.14])
     with pytest.raises(ValueError, match="scale bounds"):
         MultiCropConfig(n_crops=[1], sizes=[8], min_scale=[0.5], max_scale=[0.2]).validate()
+    with pytest.raises(ValueError, match="eval_size must be >= 0"):
+        MultiCropConfig(eval_size=-1).validate()
+
+
+def test_evaluation_size_defaults_to_the_large_crops():
+    assert MultiCropConfig(sizes=[24, 12]).evaluation_size == 24
+    assert MultiCropConfig(sizes=[24, 12], eval_size=32).evaluation_size == 32
 
 
 def test_batched_hue_equals_torchvision():

@@ -183,3 +183,33 @@ def test_embed_leaves_out_unreadable_images(run_dir, tmp_path, capsys):
         main(["embed", str(folder), "--checkpoint", str(run_dir), "--out", str(out), "--force"])
         == 2
     )
+
+
+def test_evaluation_size_follows_the_pretraining(monkeypatch):
+    """Whole images are evaluated at multicrop.eval_size when the run set it (crops of 24 px
+    trained, images of 32 px evaluated), else at the large crop size; an explicit size wins."""
+    from swav.demo import heldout_features
+    from swav.interop.checkpoints import LoadedModel
+    from swav.model.config import build_from_config
+
+    cfg = build_config("demo", ["multicrop.sizes=[24,12]", "multicrop.eval_size=32"])
+    model = build_from_config(cfg.model).eval()
+    meta = {"config": {"multicrop": {"sizes": [24, 12], "eval_size": 32}}}
+    loaded = LoadedModel(model=model, layout="swav-run", arch=cfg.model.arch, meta=meta)
+    assert loaded.eval_transform().size == 32
+    assert loaded.eval_transform(48).size == 48
+    meta["config"]["multicrop"].pop("eval_size")
+    assert loaded.eval_transform().size == 24
+
+    seen: list[int] = []
+    import swav.demo as demo
+
+    real = demo.extract_features
+
+    def spy(m, source, tf, *a, **k):
+        seen.append(tf.size)
+        return real(m, source, tf, *a, **k)
+
+    monkeypatch.setattr(demo, "extract_features", spy)
+    _, test = heldout_features(model, cfg, eval_limit=20)
+    assert seen == [32, 32] and len(test.labels) == 20

@@ -47,6 +47,12 @@ class MultiCropConfig:
     """Photometric operations: 'tensor' (torch float operations per crop, in place; the fastest on
     a CPU, and what runs on a device with MultiCrop(device=...)) or 'pil' (Pillow's operations on
     uint8 crops, as the reference implementation and torchvision's PIL transforms do)."""
+    eval_size: int = 0
+    """Size in pixels at which a trained model sees whole images for evaluation, embedding and
+    prediction; 0: the large crop size. Training on crops smaller than the images (e.g. 24 px
+    crops of 32 px images, 0.56x the compute) and evaluating at the images' size works because
+    random-resized crops show objects larger than the whole image does (FixRes, Touvron et
+    al. 2019)."""
     on_device: bool = False
     """Crop and augment on the training device, a whole batch at a time (MultiCrop.batch): the
     loader workers only decode. For GPUs whose CPU cannot keep up with the per-image pipeline;
@@ -68,6 +74,10 @@ class MultiCropConfig:
                     f"multicrop: scale bounds must satisfy 0 < min_scale <= max_scale <= 1, "
                     f"got ({lo}, {hi})"
                 )
+        if self.eval_size < 0:
+            raise ConfigError(
+                f"multicrop.eval_size must be >= 0 (0: the large crop size), got {self.eval_size}"
+            )
         for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
             p = getattr(self, name)
             if not 0 <= p <= 1:
@@ -87,6 +97,11 @@ class MultiCropConfig:
                 "multicrop.on_device runs the tensor operations on the device: set "
                 "multicrop.backend=tensor or multicrop.on_device=false"
             )
+
+    @property
+    def evaluation_size(self) -> int:
+        """The size whole images are evaluated at: ``eval_size``, else the large crop size."""
+        return self.eval_size or self.sizes[0]
 
     @property
     def total_crops(self) -> int:

@@ -64,10 +64,11 @@ class LoadedModel:
         return self.meta.get("config") or {}
 
     def eval_transform(self, size: int | None = None) -> EvalTransform:
-        """The evaluation transform for this model: ``size`` (default: the pretraining's large
-        crop size, else 224) and the pretraining's normalisation (else ImageNet's)."""
+        """The evaluation transform for this model: ``size`` (default: the pretraining's
+        ``multicrop.eval_size``, else its large crop size, else 224) and the pretraining's
+        normalisation (else ImageNet's)."""
         mc = self.pretraining.get("multicrop", {})
-        size = size or (mc.get("sizes") or [224])[0]
+        size = size or mc.get("eval_size") or (mc.get("sizes") or [224])[0]
         return EvalTransform.for_size(
             size, mc.get("mean", IMAGENET_MEAN), mc.get("std", IMAGENET_STD)
         )
