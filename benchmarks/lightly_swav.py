@@ -9,8 +9,11 @@ norms), cosine to 0.0006 x batch / 256 after a linear warm-up of 10 of its 100 e
 queue of 15 batches per large crop from epoch 15 of 100. The warm-up and the queue start are
 the same shares of this shorter run. Only the budget changes.
 
+The trunk is this project's ResNet module, so both sides train the same network with the same
+convolution code and the comparison is of the methods, not of two implementations of ResNet.
 The batches come from this project's loader (same images, crops and order); the backbone runs
-under the same autocast as ours, and lightly's loss gets its inputs in fp32.
+under the same autocast and memory format (channels-last when ``train.channels_last``) as ours,
+and lightly's loss gets its inputs in fp32.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from swav.config import Config
@@ -31,24 +33,21 @@ from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
 from swav.data.multicrop import MultiCrop
 from swav.data.sources import training_source
 from swav.engine.runtime import resolve_precision
+from swav.model.backbones import build_backbone
 from swav.model.swav import SwAVOutput
 
 
 class LightlySwAV(nn.Module):
-    """torchvision's ResNet (the small-image stem when ours has it) with lightly's head and
-    prototypes; ``forward_backbone`` / ``forward_head`` let the same evaluation read it."""
+    """This project's ResNet trunk (the same network as ours: torchvision's architecture and
+    initialisation, the small-image stem when ours has it) with lightly's head and prototypes;
+    ``forward_backbone`` / ``forward_head`` let the same evaluation read it."""
 
     def __init__(self, arch: str, small_stem: bool) -> None:
         from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
 
         super().__init__()
-        resnet = getattr(torchvision.models, arch)()
-        if small_stem:
-            resnet.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-            resnet.maxpool = nn.Identity()
-        dim = resnet.fc.in_features
-        resnet.fc = nn.Identity()
-        self.backbone = resnet
+        self.backbone = build_backbone(arch, small_stem=small_stem)
+        dim = self.backbone.num_features
         self.projection_head = SwaVProjectionHead(dim, 2048, 128)
         self.prototypes = SwaVPrototypes(128, 3000, n_steps_frozen_prototypes=1)
 
@@ -93,6 +92,8 @@ def run_lightly(
 
     torch.manual_seed(cfg.train.seed)
     model = LightlySwAV(cfg.model.arch, cfg.model.small_stem)
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     source = training_source(cfg.data, cfg.train.seed)
     bs, epochs = cfg.train.batch_size, cfg.train.epochs
     sampler = EpochSampler(len(source), bs, cfg.train.seed, 0, 1, cfg.train.iters_per_epoch)
@@ -115,7 +116,7 @@ def run_lightly(
                 g["lr"] = _lr(step, total, warmup, 0.6 * bs / 256, 0.0006 * bs / 256)
             model.prototypes.normalize()
             with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                feats = [model.forward_backbone(c) for c in crops]
+                feats = [model.forward_backbone(c.contiguous(memory_format=fmt)) for c in crops]
             projs = [model.project(f.float()) for f in feats]
             queue_logits = None
             if epoch >= queue_from:
