@@ -166,6 +166,10 @@ def main() -> None:
         for side in ("ours", "lightly"):
             if side not in record and side in previous:
                 record[side] = previous[side]
+        if args.peer == "only-lightly" and "command" in previous:
+            record["peer_command"], record["command"] = record["command"], previous["command"]
+        elif args.peer == "none" and "peer_command" in previous and "lightly" in record:
+            record["peer_command"] = previous["peer_command"]
     out.write_text(json.dumps(record, indent=1))
     print(f"written {out}")
 

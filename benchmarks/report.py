@@ -173,7 +173,10 @@ def main() -> None:
             "Commands:",
             "",
         ]
-        out += [f"- `{r['command']}`" for r in quality]
+        for r in quality:
+            out.append(f"- `{r['command']}`")
+            if r.get("peer_command"):
+                out.append(f"  (lightly's side, measured separately: `{r['peer_command']}`)")
         out += [""]
         notes = [f"- `{r['name']}`: {r['note']}" for r in quality if r.get("note")]
         out += ["Notes:", "", *notes, ""] if notes else []
