@@ -36,7 +36,12 @@ def test_recipe_for_imagenette_on_a_cpu():
 def test_recipe_scales_with_the_data_and_the_hardware(image_folder):
     small = suggest_recipe(str(image_folder), gpus=0).settings
     assert small["data.split"] == ""  # no train/ sub-folder: every image
-    assert small["multicrop.sizes"] == [32, 16] and small["model.small_stem"]
+    # 32 px on a CPU: 24 px crops (1.8x the steps), the whole images evaluated at 32
+    assert small["multicrop.sizes"] == [24, 12] and small["model.small_stem"]
+    assert small["multicrop.eval_size"] == 32 and small["multicrop.jitter"][0] == 0.4
+    assert build_config(None, suggest_recipe(str(image_folder), gpus=0).overrides())
+    on_gpu = suggest_recipe(str(image_folder), gpus=1).settings
+    assert on_gpu["multicrop.sizes"] == [32, 16] and "multicrop.eval_size" not in on_gpu
     assert small["train.batch_size"] <= 24 // 4
     big = suggest_recipe(str(image_folder), gpus=8, size=500).settings
     assert big["multicrop.sizes"] == [224, 96] and big["multicrop.n_crops"] == [2, 6]
