@@ -32,7 +32,7 @@ from swav.config import Config
 from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
 from swav.data.multicrop import MultiCrop
 from swav.data.sources import training_source
-from swav.engine.runtime import resolve_precision
+from swav.engine.runtime import resolve_precision, thread_budget
 from swav.model.backbones import build_backbone
 from swav.model.swav import SwAVOutput
 
@@ -98,7 +98,9 @@ def run_lightly(
     bs, epochs = cfg.train.batch_size, cfg.train.epochs
     sampler = EpochSampler(len(source), bs, cfg.train.seed, 0, 1, cfg.train.iters_per_epoch)
     dataset = MultiCropDataset(source, MultiCrop(cfg.multicrop))
-    loader = make_loader(dataset, sampler, bs, cfg.data.workers)
+    budget = thread_budget(cfg.train.threads, cfg.data.workers, torch.device("cpu"))
+    torch.set_num_threads(budget.threads)  # the same split of the cores as ours
+    loader = make_loader(dataset, sampler, bs, budget.workers)
     iters, n_large = sampler.batches, cfg.multicrop.n_crops[0]
     total, warmup = epochs * iters, int(0.1 * epochs * iters)
     queue_from, queue_batches = int(0.15 * epochs), 15
