@@ -160,7 +160,7 @@ def main() -> None:
     record["peak_rss_mb"] = round(peak_rss_mb(), 0)
     out = HERE / "results" / f"quality_{args.name}.json"
     previous = json.loads(out.read_text()) if out.exists() else {}
-    if previous.get("settings") == record["settings"]:
+    if _same_configuration(previous, cfg):
         # The same configuration measured in two sittings (ours, then the peer, or the other
         # way round): keep the side this run did not measure.
         for side in ("ours", "lightly"):
@@ -172,6 +172,19 @@ def main() -> None:
             record["peer_command"] = previous["peer_command"]
     out.write_text(json.dumps(record, indent=1))
     print(f"written {out}")
+
+
+def _same_configuration(previous: dict, cfg: Config) -> bool:
+    """Whether a recorded run trained the configuration ``cfg`` resolves to (its settings
+    rebuilt; a recipe that changed since but gives the same values still matches)."""
+    if "settings" not in previous:
+        return False
+    preset = None if previous.get("preset") in (None, "recipe") else previous["preset"]
+    try:
+        old = build_config(preset, [*previous["settings"], f"run_dir={cfg.run_dir}"])
+    except Exception:  # settings this version no longer accepts
+        return False
+    return old.to_dict() == cfg.to_dict()
 
 
 def _cpu() -> str:
