@@ -144,6 +144,7 @@ class Config:
             d["train"].pop(key)
         for key in ("workers", "transfer", "root", "download", "eval_split"):
             d["data"].pop(key)
+        d["multicrop"].pop("eval_size")  # how whole images are evaluated, not how it trains
         d.pop("run_dir")
         if d["method"] == "swav":  # runs from before the clustering methods keep their identity
             d.pop("method")
