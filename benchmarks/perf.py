@@ -1,7 +1,7 @@
 """Speed and memory benchmarks, each side by side with its peer in the same process, timed
 alternately (A, B, A, B, ...), reported as a ratio.
 
-    python benchmarks/perf.py                 # everything; writes results/perf.json
+    python benchmarks/perf.py                 # everything; writes results/perf_<machine>.json
     python benchmarks/perf.py --only sinkhorn # one part
 
 Parts: matmul peak (fp32, bf16), training step (ours vs lightly's SwaV pieces, ResNet-18
@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from swav.engine.runtime import cpu_supports_bf16
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -276,6 +278,8 @@ def lightly_step(setup):
     from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
     from lightly.utils.lars import LARS
 
+    from swav.engine.runtime import resolve_precision
+
     class LightlySwaV(nn.Module):  # the structure of lightly's SwaV example
         def __init__(self):
             super().__init__()
@@ -295,15 +299,21 @@ def lightly_step(setup):
     opt = LARS(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-6)
     crops = make_crops(setup, False)
 
+    # the same precision as ours: bf16 autocast where the CPU has bf16 instructions (as
+    # Lightning's precision="bf16-mixed" runs lightly's training step), fp32 otherwise
+    dtype = resolve_precision("auto", torch.device("cpu"))
+
     def step():
         model.prototypes.normalize()
-        outs = [model(c) for c in crops]
-        loss = criterion(outs[:2], outs[2:])
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            outs = [model(c) for c in crops]
+            loss = criterion(outs[:2], outs[2:])
         opt.zero_grad()
         loss.backward()
         opt.step()
         return loss
 
+    step.precision = "bf16" if dtype is torch.bfloat16 else "fp32"
     return step
 
 
@@ -338,7 +348,7 @@ def bench_step(name: str, peaks: dict) -> dict:
         "batch": images,
         "steps_timed_each": len(ta),
         "precision_ours": a.precision,
-        "precision_lightly": "fp32",
+        "precision_lightly": b.precision,
         "ours_images_per_s": round(images / ours_s, 1),
         "lightly_images_per_s": round(images / theirs_s, 1),
         "speedup": round(theirs_s / ours_s, 2),
@@ -402,16 +412,18 @@ def main() -> None:
         help="parts: peak sinkhorn multicrop conv resnet18 resnet50",
     )
     ap.add_argument("--memory", action="store_true", help="also measure peak memory per side")
-    ap.add_argument("--out", default=str(HERE / "results" / "perf.json"))
+    ap.add_argument("--out", default=None, help="default: results/perf_amx.json or _avx2.json")
     args = ap.parse_args()
     parts = args.only or ["peak", "sinkhorn", "multicrop", "conv", "resnet18", "resnet50"]
-    out_path = Path(args.out)
+    native_bf16 = cpu_supports_bf16()
+    out_path = Path(args.out or HERE / "results" / f"perf_{'amx' if native_bf16 else 'avx2'}.json")
     record = json.loads(out_path.read_text()) if out_path.exists() else {}
     record["machine"] = {
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "bf16_instructions": "AMX / AVX-512 BF16" if native_bf16 else "AVX2 (no bf16 instructions)",
     }
     if "peak" in parts or "peak" not in record:
         record["peak"] = {

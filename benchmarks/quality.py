@@ -35,6 +35,7 @@ from swav.config import Config, build_config, resolve_run_length
 from swav.demo import heldout_features
 from swav.engine.recipe import suggest_recipe
 from swav.engine.run_dir import RunDir
+from swav.engine.runtime import cpu_supports_bf16
 from swav.engine.train import pretrain
 from swav.eval.clustering import cluster_metrics
 from swav.eval.knn import knn_accuracy
@@ -188,8 +189,7 @@ def _same_configuration(previous: dict, cfg: Config) -> bool:
 
 
 def _cpu() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "AMX / AVX-512 BF16" if "amx_bf16" in flags or "avx512_bf16" in flags else "AVX2"
+    return "AMX / AVX-512 BF16" if cpu_supports_bf16() else "AVX2"
 
 
 if __name__ == "__main__":

@@ -72,6 +72,11 @@ def _rss(r: dict) -> str:
     return f"; peak RSS ours / peer {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
 
 
+def _precisions(r: dict) -> str:
+    ours, peer = r["precision_ours"], r.get("precision_lightly", "fp32")
+    return ours if ours == peer else f"ours {ours}, lightly {peer}"
+
+
 def data_section(d: dict) -> list[str]:
     """Listing a dataset (cached or not), loader images/s per worker, cores split."""
     m = d.get("machine", {})
@@ -145,6 +150,84 @@ def data_section(d: dict) -> list[str]:
     return out
 
 
+def perf_section(p: dict) -> list[str]:
+    """The speed tables of one machine's `perf.py` record."""
+    m, peak = p["machine"], p["peak"]
+    bf16 = m.get("bf16_instructions") or m["cpu_capability"]
+    emulated = " (emulated)" if peak["bf16"] < peak["fp32"] else ""
+    out = [
+        f"## Speed on {bf16}, side by side in one process (alternating)",
+        "",
+        f"Machine: {m['cpu']}, {m['threads']} threads, {m['cpu_capability']}, "
+        f"torch {m['torch']}. Matmul peak: fp32 {peak['fp32']} GFLOP/s, "
+        f"bf16 {peak['bf16']} GFLOP/s{emulated}.",
+        "",
+    ]
+    out += [
+        "| benchmark | ours | peer | ratio | notes | command |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key in ("resnet18", "resnet50"):
+        if key in p:
+            r = p[key]
+            notes = (
+                f"{r['crops']}, batch {r['batch']}, {_precisions(r)}; "
+                f"{r['flops_per_step_G']} GFLOP performed per step "
+                f"({r.get('nominal_flops_per_step_G', '?')} counted the usual way), "
+                f"{r['achieved_GFLOPs']} GFLOP/s = {r['fraction_of_peak']:.0%} of peak"
+            )
+            if len(r.get("speedup_per_round", [])) > 1:
+                rounds = r["speedup_per_round"]
+                notes += (
+                    f"; ratio per round {min(rounds)}x to {max(rounds)}x over {len(rounds)} rounds"
+                )
+            notes += _rss(r)
+            out.append(
+                f"| training step {r['arch']} (images/s) | {r['ours_images_per_s']} | "
+                f"lightly {r['lightly_images_per_s']} | {r['speedup']}x | {notes} | "
+                f"`{r['command']}` |"
+            )
+    rows = {
+        "multicrop": (
+            "multi-crop (images/s per core)",
+            "ours_images_per_s",
+            "lightly SwaVTransform",
+            "lightly_images_per_s",
+        ),
+        "sinkhorn": ("Sinkhorn (ms)", "ours_ms", "naive formula", "naive_ms"),
+    }
+    for key, (label, ours, peer, theirs) in rows.items():
+        if key in p:
+            r = p[key]
+            if key == "multicrop":
+                notes = f"{r['crops']} from a {r['image']}, 1 thread"
+            else:
+                notes = f"B={r['B']}, K={r['K']}, {r['iterations']} iterations, {r['dtype']}"
+            out.append(
+                f"| {label} | {r[ours]} | {peer} {r[theirs]} | {r['speedup']}x | "
+                f"{notes}{_rss(r)} | `{r['command']}` |"
+            )
+    out.append("")
+    if "conv" in p:
+        r = p["conv"]
+        out += [
+            "Small feature maps: one convolution, forward + backward (input and weight "
+            f"gradients), fp32, channels-last; tap-by-tap matrix products against oneDNN "
+            f"(`{r['command']}`). The tap path is used where the output map has at most "
+            "3 x 3 pixels.",
+            "",
+            "| convolution | tap products (ms) | oneDNN (ms) | ratio | used |",
+            "|---|---|---|---|---|",
+        ]
+        for c in r["shapes"]:
+            used = "yes" if c["tap_path_used"] else "no"
+            out.append(
+                f"| {c['shape']} | {c['tap_ms']} | {c['onednn_ms']} | {c['speedup']}x | {used} |"
+            )
+        out.append("")
+    return out
+
+
 def main() -> None:
     out = [
         "# Recorded benchmark results",
@@ -183,78 +266,8 @@ def main() -> None:
     data_path = HERE / "results" / "data.json"
     if data_path.exists():
         out += data_section(json.loads(data_path.read_text()))
-    perf_path = HERE / "results" / "perf.json"
-    if perf_path.exists():
-        p = json.loads(perf_path.read_text())
-        out += [
-            "## Speed, side by side in one process (alternating)",
-            "",
-            f"Machine: {p['machine']['cpu']}, {p['machine']['threads']} threads, "
-            f"{p['machine']['cpu_capability']}, torch {p['machine']['torch']}. Matmul peak: "
-            f"fp32 {p['peak']['fp32']} GFLOP/s, bf16 {p['peak']['bf16']} GFLOP/s (emulated).",
-            "",
-        ]
-        out += [
-            "| benchmark | ours | peer | ratio | notes | command |",
-            "|---|---|---|---|---|---|",
-        ]
-        for key in ("resnet18", "resnet50"):
-            if key in p:
-                r = p[key]
-                notes = (
-                    f"{r['crops']}, batch {r['batch']}, {r['precision_ours']}; "
-                    f"{r['flops_per_step_G']} GFLOP performed per step "
-                    f"({r.get('nominal_flops_per_step_G', '?')} counted the usual way), "
-                    f"{r['achieved_GFLOPs']} GFLOP/s = {r['fraction_of_peak']:.0%} of peak"
-                )
-                if len(r.get("speedup_per_round", [])) > 1:
-                    rounds = r["speedup_per_round"]
-                    notes += (
-                        f"; ratio per round {min(rounds)}x to {max(rounds)}x "
-                        f"over {len(rounds)} rounds"
-                    )
-                notes += _rss(r)
-                out.append(
-                    f"| training step {r['arch']} (images/s) | {r['ours_images_per_s']} | "
-                    f"lightly {r['lightly_images_per_s']} | {r['speedup']}x | {notes} | "
-                    f"`{r['command']}` |"
-                )
-        if "multicrop" in p:
-            r = p["multicrop"]
-            notes = f"{r['crops']} from a {r['image']}, 1 thread"
-            notes += _rss(r)
-            out.append(
-                f"| multi-crop (images/s per core) | {r['ours_images_per_s']} | lightly "
-                f"SwaVTransform {r['lightly_images_per_s']} | {r['speedup']}x | {notes} | "
-                f"`{r['command']}` |"
-            )
-        if "sinkhorn" in p:
-            r = p["sinkhorn"]
-            notes = f"B={r['B']}, K={r['K']}, {r['iterations']} iterations, {r['dtype']}"
-            notes += _rss(r)
-            out.append(
-                f"| Sinkhorn (ms) | {r['ours_ms']} | naive formula {r['naive_ms']} | "
-                f"{r['speedup']}x | {notes} | `{r['command']}` |"
-            )
-        out.append("")
-        if "conv" in p:
-            r = p["conv"]
-            out += [
-                "Small feature maps: one convolution, forward + backward (input and weight "
-                f"gradients), fp32, channels-last; tap-by-tap matrix products against oneDNN "
-                f"(`{r['command']}`). The tap path is used where the output map has at most "
-                "3 x 3 pixels.",
-                "",
-                "| convolution | tap products (ms) | oneDNN (ms) | ratio | used |",
-                "|---|---|---|---|---|",
-            ]
-            for c in r["shapes"]:
-                used = "yes" if c["tap_path_used"] else "no"
-                out.append(
-                    f"| {c['shape']} | {c['tap_ms']} | {c['onednn_ms']} | {c['speedup']}x | "
-                    f"{used} |"
-                )
-            out.append("")
+    for perf_path in sorted((HERE / "results").glob("perf_*.json")):
+        out += perf_section(json.loads(perf_path.read_text()))
     prec_path = HERE / "results" / "precision.json"
     if prec_path.exists():
         r = json.loads(prec_path.read_text())
