@@ -213,3 +213,58 @@ def test_evaluation_size_follows_the_pretraining(monkeypatch):
     monkeypatch.setattr(demo, "extract_features", spy)
     _, test = heldout_features(model, cfg, eval_limit=20)
     assert seen == [32, 32] and len(test.labels) == 20
+
+
+def test_assign_reads_each_image_once_and_reports_the_unreadable(
+    run_dir, tmp_path, capsys, monkeypatch
+):
+    """`swav assign` decodes each image once (the first twice: the check that one is readable,
+    made before the model loads), prints the readable ones in order and names the others."""
+    import swav.interop.inference as inference
+    from swav.data.sources import load_rgb
+
+    paths = _random_pngs(tmp_path, 5, (12, 12), seed=1)
+    (tmp_path / "2.png").write_bytes(b"\x89PNG broken")
+    decoded: list[str] = []
+
+    def counting(path):
+        decoded.append(str(path))
+        return load_rgb(path)
+
+    monkeypatch.setattr(inference, "load_rgb", counting)
+    assert main(["assign", *paths, "--checkpoint", str(run_dir)]) == 2
+    out, err = capsys.readouterr()
+    printed = [ln.split("\t")[0] for ln in out.strip().splitlines()]
+    assert printed == [paths[0], paths[1], paths[3], paths[4]]
+    assert "1 of 5 images could not be read" in err and "2.png" in err
+    assert sorted(decoded) == sorted([paths[0], *paths])
+
+
+def test_image_batches_equal_one_batch(tmp_path):
+    """Streaming in batches gives the same tensors, in the same order, as one stack."""
+    from swav.data.sources import load_rgb
+    from swav.data.transforms import EvalTransform
+    from swav.interop.inference import image_batches
+
+    paths = _random_pngs(tmp_path, 5, (20, 16), seed=2)
+    paths.insert(3, str(tmp_path / "missing.png"))
+    tf = EvalTransform(16)
+    bad: list[str] = []
+    batches = list(image_batches(paths, tf, bad, batch_size=2))
+    assert [len(n) for n, _ in batches] == [2, 2, 1]
+    good = [p for p in paths if "missing" not in p]
+    assert [p for n, _ in batches for p in n] == good
+    assert bad == [f"{paths[3]} (no such file)"]
+    want = torch.stack([tf(load_rgb(p)) for p in good])
+    assert torch.equal(torch.cat([x for _, x in batches]), want)
+
+
+def _random_pngs(folder, n: int, hw: tuple[int, int], seed: int) -> list[str]:
+    """``n`` PNG files of random pixels in ``folder``: 0.png, 1.png, ..."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        p = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (*hw, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths

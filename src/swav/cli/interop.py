@@ -104,14 +104,18 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _readable_images(paths: list[str]) -> tuple[list[str], list[str]]:
-    """The images to use and the unreadable ones; refused at once when none can be read."""
-    from swav.interop.inference import split_readable, unreadable_error
+def _refuse_unless_one_readable(paths: list[str]) -> None:
+    """Refused at once, before any model is loaded, when none of ``paths`` can be read (the
+    check stops at the first readable one; the others are read once, when used)."""
+    from swav.interop.inference import read_image, unreadable_error
 
-    good, bad = split_readable(paths)
-    if not good:
-        raise unreadable_error(bad, len(paths))
-    return good, bad
+    bad = []
+    for p in paths:
+        reason = read_image(p)[1]
+        if reason is None:
+            return
+        bad.append(f"{p} ({reason})")
+    raise unreadable_error(bad, len(paths))
 
 
 def _report_unreadable(bad: list[str], total: int) -> int:
@@ -124,10 +128,10 @@ def _report_unreadable(bad: list[str], total: int) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from swav.interop.inference import predict
+    from swav.interop.inference import classify, image_batches
     from swav.interop.zoo import RELEASED, fetch
 
-    images, bad = _readable_images(args.images)
+    _refuse_unless_one_readable(args.images)
     loaded = load_checkpoint(args.checkpoint, ignore=[*args.ignore, "head"], download=args.download)
     head = loaded.classifier
     if args.head:
@@ -135,21 +139,25 @@ def _predict(args: argparse.Namespace) -> int:
         head = load_linear_head(fetch(args.head, args.download) if released else args.head)
     if head is None:
         raise CheckpointError("no classifier: the checkpoint has no fc layer; pass --head")
+    head.check(loaded.model)  # a head of another width is refused before the images are read
     classes = None
     if args.classes:
         classes = [c.strip() for c in Path(args.classes).read_text().splitlines() if c.strip()]
-    tf = loaded.eval_transform(args.size)
-    preds = predict(loaded.model, head, images, tf, classes, args.topk)
-    for img, row in zip(images, preds):
-        print(img + "\t" + "\t".join(f"{c} {p:.3f}" for c, p in row))
+    bad: list[str] = []
+    for paths, x in image_batches(args.images, loaded.eval_transform(args.size), bad):
+        for img, row in zip(paths, classify(loaded.model, head, x, classes, args.topk)):
+            print(img + "\t" + "\t".join(f"{c} {p:.3f}" for c, p in row), flush=True)
     return _report_unreadable(bad, len(args.images))
 
 
 def _assign(args: argparse.Namespace) -> int:
-    from swav.interop.inference import assign
+    from swav.interop.inference import image_batches, nearest_prototype, require_prototypes
 
-    images, bad = _readable_images(args.images)
+    _refuse_unless_one_readable(args.images)
     loaded = load_checkpoint(args.checkpoint, ignore=args.ignore, download=args.download)
-    for img, (k, s) in zip(images, assign(loaded.model, images, loaded.eval_transform(args.size))):
-        print(f"{img}\tprototype {k}\tscore {s:.3f}")
+    require_prototypes(loaded.model)
+    bad: list[str] = []
+    for paths, x in image_batches(args.images, loaded.eval_transform(args.size), bad):
+        for img, (k, s) in zip(paths, nearest_prototype(loaded.model, x)):
+            print(f"{img}\tprototype {k}\tscore {s:.3f}", flush=True)
     return _report_unreadable(bad, len(args.images))

@@ -107,17 +107,19 @@ def _clusters(args: argparse.Namespace) -> int:
 def _neighbours(args: argparse.Namespace) -> int:
     import torch
 
-    from swav.data.sources import load_rgb
-    from swav.interop.inference import split_readable, unreadable_error
+    from swav.interop.inference import read_image, unreadable_error
     from swav.viz.neighbours import draw_neighbours, nearest
 
-    good, bad = split_readable(args.queries)
+    # the queries (a few images) decoded once, all checked before the model and data are loaded
+    read = [(p, *read_image(p)) for p in args.queries]
+    bad = [f"{p} ({reason})" for p, _, reason in read if reason is not None]
     if bad:
         raise unreadable_error(bad, len(args.queries))
+    good = [p for p, _, _ in read]
     view = _load(args)
     tf = view.loaded.eval_transform(args.size)
     with torch.no_grad():
-        q = view.loaded.model.eval().forward_backbone(torch.stack([tf(load_rgb(p)) for p in good]))
+        q = view.loaded.model.eval().forward_backbone(torch.stack([tf(img) for _, img, _ in read]))
     found = nearest(q, view.features, args.k)
     print(f"wrote {draw_neighbours(good, found, view.source, args.out or 'neighbours.png')}")
     names = view.source.item_names()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from swav.data.sources import DataError, ImageSource, load_rgb
@@ -98,32 +100,19 @@ def save_embeddings(emb: Embeddings, out: str | Path, force: bool = False) -> li
     return [out, names]
 
 
-def unreadable_image(path: str | Path) -> str | None:
-    """Why ``path`` cannot be used as an image (a short reason), or None when it decodes."""
+def read_image(path: str | Path) -> tuple[Image.Image | None, str | None]:
+    """The image at ``path`` in RGB, or None and why it cannot be used (a short reason)."""
     path = Path(path)
     if path.is_dir():
-        return "a folder, not an image; for a folder use `swav embed`"
+        return None, "a folder, not an image; for a folder use `swav embed`"
     if not path.exists():
-        return "no such file"
+        return None, "no such file"
     if path.stat().st_size == 0:
-        return "empty file"
+        return None, "empty file"
     try:
-        load_rgb(path)
+        return load_rgb(path), None
     except (OSError, ValueError, SyntaxError) as e:  # PIL's decoders raise all three
-        return str(e).replace(str(path), "").strip(" :'\"") or type(e).__name__
-    return None
-
-
-def split_readable(paths: list[str]) -> tuple[list[str], list[str]]:
-    """``paths`` split into those that decode as images and one 'path (reason)' per other."""
-    good, bad = [], []
-    for p in paths:
-        reason = unreadable_image(p)
-        if reason is None:
-            good.append(p)
-        else:
-            bad.append(f"{p} ({reason})")
-    return good, bad
+        return None, str(e).replace(str(path), "").strip(" :'\"") or type(e).__name__
 
 
 def unreadable_error(bad: list[str], total: int) -> DataError:
@@ -131,14 +120,39 @@ def unreadable_error(bad: list[str], total: int) -> DataError:
     return DataError(f"{len(bad)} of {total} images could not be read: " + "; ".join(bad))
 
 
+def image_batches(
+    paths: list[str], transform: EvalTransform, bad: list[str], batch_size: int = 64
+) -> Iterator[tuple[list[str], torch.Tensor]]:
+    """The readable images among ``paths``, in order, transformed and stacked in batches of at
+    most ``batch_size`` with their paths; each is decoded once, and at most one batch is held.
+    Each unreadable one is appended to ``bad`` as 'path (reason)'."""
+    names: list[str] = []
+    tensors: list[torch.Tensor] = []
+    for p in paths:
+        img, reason = read_image(p)
+        if img is None:
+            bad.append(f"{p} ({reason})")
+            continue
+        names.append(p)
+        tensors.append(transform(img))
+        if len(tensors) == batch_size:
+            yield names, torch.stack(tensors)
+            names, tensors = [], []
+    if tensors:
+        yield names, torch.stack(tensors)
+
+
 def _images(paths: list[str], transform: EvalTransform) -> torch.Tensor:
-    good, bad = split_readable(paths)
+    """All of ``paths`` transformed, in one batch; refused when any cannot be read."""
+    bad: list[str] = []
+    batches = [x for _, x in image_batches(paths, transform, bad)]
     if bad:
         raise unreadable_error(bad, len(paths))
-    return torch.stack([transform(load_rgb(p)) for p in good])
+    if not batches:
+        raise UsageError("no images given")
+    return torch.cat(batches)
 
 
-@torch.no_grad()
 def predict(
     model: SwAV,
     classifier: LinearHead,
@@ -148,9 +162,22 @@ def predict(
     topk: int = 1,
 ) -> list[list[tuple[str, float]]]:
     """Top-k (class name, probability) per image, from backbone features and a linear head."""
+    classifier.check(model)  # a head of another width is refused before any image is read
+    return classify(model, classifier, _images(paths, transform), classes, topk)
+
+
+@torch.no_grad()
+def classify(
+    model: SwAV,
+    classifier: LinearHead,
+    images: torch.Tensor,
+    classes: list[str] | None = None,
+    topk: int = 1,
+) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for each of a batch of transformed images."""
     model.eval()
-    classifier.eval().check(model)  # a head of another width is refused before any image is read
-    probs = torch.softmax(classifier.classify(model, _images(paths, transform)), dim=1)
+    classifier.eval().check(model)
+    probs = torch.softmax(classifier.classify(model, images), dim=1)
     p, idx = probs.topk(min(topk, probs.shape[1]), dim=1)
     out = []
     for row_p, row_i in zip(p.tolist(), idx.tolist()):
@@ -158,12 +185,22 @@ def predict(
     return out
 
 
-@torch.no_grad()
 def assign(model: SwAV, paths: list[str], transform: EvalTransform) -> list[tuple[int, float]]:
     """(prototype id, cosine score) of each image's highest-scoring prototype (first head)."""
-    model.eval()
+    require_prototypes(model)
+    return nearest_prototype(model, _images(paths, transform))
+
+
+def require_prototypes(model: SwAV) -> None:
+    """Refuse a model without prototypes (before any image is read)."""
     if getattr(model, "prototypes", None) is None:
         raise CheckpointError("this model has no prototypes (a backbone-only checkpoint)")
-    out = model(_images(paths, transform))
+
+
+@torch.no_grad()
+def nearest_prototype(model: SwAV, images: torch.Tensor) -> list[tuple[int, float]]:
+    """(prototype id, cosine score) of each of a batch of transformed images (first head)."""
+    require_prototypes(model)
+    out = model.eval()(images)
     score, idx = out.scores[0].max(dim=1)
     return list(zip(idx.tolist(), score.tolist()))
