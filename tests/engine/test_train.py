@@ -273,16 +273,26 @@ def _weights_after(run, extra):
     return _weights(run)
 
 
-def test_rerunning_a_finished_run_changes_nothing(tmp_path, capsys):
+def test_rerunning_a_finished_run_changes_nothing(tmp_path, capsys, monkeypatch):
+    import swav.engine.train as train
     from swav.cli import main
 
     run = tmp_path / "done"
     cfg = build_config(None, tiny_overrides(run, **{"train.epochs": 1}))
     first = pretrain(cfg, progress=False)
     files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    again = pretrain(cfg, progress=False)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("a finished run read its data")
+
+    with monkeypatch.context() as m:  # answered from the checkpoint, before any data is listed
+        m.setattr(train, "build_data", no_data)
+        again = pretrain(cfg, progress=False)
     assert again.already_finished and again.epochs_done == 1
+    assert again.iterations == first.iterations
     assert again.last_loss == pytest.approx(first.last_loss) and again.healthy
+    want = first.model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in again.model.state_dict().items())
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
     argv = ["pretrain", "--preset", "defaults", *tiny_overrides(run, **{"train.epochs": 1})]
     assert main([*argv, "--no-progress"]) == 0

@@ -54,6 +54,19 @@ def saved_state(run: RunDir, cfg: Config, allow_config_change: bool) -> dict[str
     return state
 
 
+def load_saved_weights(model: torch.nn.Module, state: dict[str, Any], cfg: Config) -> None:
+    """The network's weights from a training checkpoint; refused with the settings that
+    changed its shape when they do not fit."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # parameter names or shapes differ
+        raise ConfigMismatchError(
+            "the checkpoint's network does not fit these settings"
+            f"{_model_changes(state.get('config', {}), cfg.to_dict())}: settings that "
+            "change the network's shape cannot change on resume; choose another run_dir"
+        ) from e
+
+
 def _model_changes(saved: dict[str, Any], current: dict[str, Any]) -> str:
     """' (model.arch: resnet_tiny -> resnet18, ...)' for the model settings that differ."""
     before, after = saved.get("model", {}), current.get("model", {})
@@ -118,14 +131,7 @@ class RunState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as e:  # parameter names or shapes differ
-            raise ConfigMismatchError(
-                "the checkpoint's network does not fit these settings"
-                f"{_model_changes(state.get('config', {}), self.cfg.to_dict())}: settings that "
-                "change the network's shape cannot change on resume; choose another run_dir"
-            ) from e
+        load_saved_weights(self.model, state, self.cfg)
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -33,7 +33,7 @@ from swav.engine.global_bn import bn_group, convert_global_bn
 from swav.engine.health import COLLAPSE_ADVICE, Collapse, CollapseError, CollapseMonitor
 from swav.engine.logger import TrainLogger
 from swav.engine.optim import build_optimizer, lr_schedule, set_lr
-from swav.engine.recovery import plan_recovery
+from swav.engine.recovery import Adjustments, plan_recovery
 from swav.engine.run_dir import RunDir, check_writable_dir
 from swav.engine.runtime import (
     StopFlag,
@@ -42,7 +42,7 @@ from swav.engine.runtime import (
     resolve_precision,
     seed_everything,
 )
-from swav.engine.state import ConfigMismatchError, RunState, saved_state
+from swav.engine.state import ConfigMismatchError, RunState, load_saved_weights, saved_state
 from swav.engine.train_data import build_data
 from swav.model.config import build_from_config
 from swav.model.swav import SwAV
@@ -168,6 +168,8 @@ def _pretrain(
     run = RunDir.of(cfg.run_dir)
     check_writable_dir(run.path)
     saved = saved_state(run, cfg, allow_config_change)
+    if saved is not None and saved["epoch"] >= cfg.train.epochs and "iteration" in saved:
+        return _finished(run, cfg, saved, info, device)  # before any data is listed
 
     # -- model, objective, optimiser, data
     t = build_trainer(cfg, info, device, run)
@@ -179,8 +181,8 @@ def _pretrain(
             )
         del saved
     t.apply_adjustments()
-    if t.state.epoch >= cfg.train.epochs:
-        return _finished(t)
+    if t.state.epoch >= cfg.train.epochs:  # a checkpoint from before "iteration" was saved
+        return _finished(run, cfg, t.state.state_dict(), info, device)
     if run.checkpoint.exists() and info.is_main:
         _tidy_after_kill(run, t.state.epoch * t.iters + t.state.next_batch)
 
@@ -237,23 +239,27 @@ def _tidy_after_kill(run: RunDir, iteration: int) -> None:
         )
 
 
-def _finished(t: Trainer) -> TrainResult:
-    """The result of a run that had already finished, read from its run directory."""
-    epochs = [m for m in t.run.read_metrics() if m.get("kind") == "epoch"]
+def _finished(
+    run: RunDir, cfg: Config, saved: dict[str, Any], info: DistInfo, device: torch.device
+) -> TrainResult:
+    """The result of a run that had already finished, read from its run directory and
+    checkpoint (no data is read)."""
+    epochs = [m for m in run.read_metrics() if m.get("kind") == "epoch"]
     last = epochs[-1] if epochs else {}
-    if t.dist.is_main:
-        log.info("%s has finished its %d epochs: nothing to do", t.run.path, t.state.epoch)
-    done = t.state.epoch
+    if info.is_main:
+        log.info("%s has finished its %d epochs: nothing to do", run.path, saved["epoch"])
+    model = build_from_config(cfg.model).to(device)
+    load_saved_weights(model, saved, cfg)
     return TrainResult(
-        t.run.path,
-        done,
-        done * t.iters,
+        run.path,
+        saved["epoch"],
+        int(saved["iteration"]),
         float(last.get("loss", float("nan"))),
         False,
-        t.state.corrupt,
-        t.core,
+        list(saved.get("corrupt", [])),
+        model,
         bool(last.get("healthy", True)),
-        t.state.adjustments.recoveries,
+        Adjustments.from_state(saved.get("recovery")).recoveries,
         already_finished=True,
     )
 
