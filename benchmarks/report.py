@@ -72,6 +72,11 @@ def _rss(r: dict) -> str:
     return f"; peak RSS ours / peer {r['peak_rss_mb_ours']:.0f} / {r['peak_rss_mb_peer']:.0f} MB"
 
 
+def _peer_row(label: str, ours: float, peer: str, r: dict, notes: str) -> str:
+    """One row of a speed table: ours, the peer, their ratio, notes, the command."""
+    return f"| {label} | {ours} | {peer} | {r['speedup']}x | {notes}{_rss(r)} | `{r['command']}` |"
+
+
 def _precisions(r: dict) -> str:
     ours, peer = r["precision_ours"], r.get("precision_lightly", "fp32")
     return ours if ours == peer else f"ours {ours}, lightly {peer}"
@@ -162,8 +167,6 @@ def perf_section(p: dict) -> list[str]:
         f"torch {m['torch']}. Matmul peak: fp32 {peak['fp32']} GFLOP/s, "
         f"bf16 {peak['bf16']} GFLOP/s{emulated}.",
         "",
-    ]
-    out += [
         "| benchmark | ours | peer | ratio | notes | command |",
         "|---|---|---|---|---|---|",
     ]
@@ -181,32 +184,24 @@ def perf_section(p: dict) -> list[str]:
                 notes += (
                     f"; ratio per round {min(rounds)}x to {max(rounds)}x over {len(rounds)} rounds"
                 )
-            notes += _rss(r)
-            out.append(
-                f"| training step {r['arch']} (images/s) | {r['ours_images_per_s']} | "
-                f"lightly {r['lightly_images_per_s']} | {r['speedup']}x | {notes} | "
-                f"`{r['command']}` |"
+            label, peer = (
+                f"training step {r['arch']} (images/s)",
+                f"lightly {r['lightly_images_per_s']}",
             )
-    rows = {
-        "multicrop": (
-            "multi-crop (images/s per core)",
-            "ours_images_per_s",
-            "lightly SwaVTransform",
-            "lightly_images_per_s",
-        ),
-        "sinkhorn": ("Sinkhorn (ms)", "ours_ms", "naive formula", "naive_ms"),
-    }
-    for key, (label, ours, peer, theirs) in rows.items():
-        if key in p:
-            r = p[key]
-            if key == "multicrop":
-                notes = f"{r['crops']} from a {r['image']}, 1 thread"
-            else:
-                notes = f"B={r['B']}, K={r['K']}, {r['iterations']} iterations, {r['dtype']}"
-            out.append(
-                f"| {label} | {r[ours]} | {peer} {r[theirs]} | {r['speedup']}x | "
-                f"{notes}{_rss(r)} | `{r['command']}` |"
-            )
+            out.append(_peer_row(label, r["ours_images_per_s"], peer, r, notes))
+    if "multicrop" in p:
+        r = p["multicrop"]
+        peer = f"lightly SwaVTransform {r['lightly_images_per_s']}"
+        notes = f"{r['crops']} from a {r['image']}, 1 thread"
+        out.append(
+            _peer_row("multi-crop (images/s per core)", r["ours_images_per_s"], peer, r, notes)
+        )
+    if "sinkhorn" in p:
+        r = p["sinkhorn"]
+        notes = f"B={r['B']}, K={r['K']}, {r['iterations']} iterations, {r['dtype']}"
+        out.append(
+            _peer_row("Sinkhorn (ms)", r["ours_ms"], f"naive formula {r['naive_ms']}", r, notes)
+        )
     out.append("")
     if "conv" in p:
         r = p["conv"]

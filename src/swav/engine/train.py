@@ -168,7 +168,7 @@ def _pretrain(
     run = RunDir.of(cfg.run_dir)
     check_writable_dir(run.path)
     saved = saved_state(run, cfg, allow_config_change)
-    if saved is not None and saved["epoch"] >= cfg.train.epochs and "iteration" in saved:
+    if saved is not None and saved["epoch"] >= cfg.train.epochs:
         return _finished(run, cfg, saved, info, device)  # before any data is listed
 
     # -- model, objective, optimiser, data
@@ -181,8 +181,6 @@ def _pretrain(
             )
         del saved
     t.apply_adjustments()
-    if t.state.epoch >= cfg.train.epochs:  # a checkpoint from before "iteration" was saved
-        return _finished(run, cfg, t.state.state_dict(), info, device)
     if run.checkpoint.exists() and info.is_main:
         _tidy_after_kill(run, t.state.epoch * t.iters + t.state.next_batch)
 
