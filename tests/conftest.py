@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,6 +14,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 # listings are cached per test session, never in the user's cache (processes started by tests
 # inherit it)
 os.environ["SWAV_CACHE_DIR"] = tempfile.mkdtemp(prefix="swav-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SWAV_CACHE_DIR"], ignore_errors=True)
 
 
 def tiny_overrides(run_dir, **extra) -> list[str]:
