@@ -12,9 +12,10 @@ from PIL import Image
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 # listings are cached per test session, never in the user's cache (processes started by tests
-# inherit it)
-os.environ["SWAV_CACHE_DIR"] = tempfile.mkdtemp(prefix="swav-test-cache-")
-atexit.register(shutil.rmtree, os.environ["SWAV_CACHE_DIR"], ignore_errors=True)
+# inherit it; spawned workers that import this module reuse the parent's)
+if "swav-test-cache-" not in os.environ.get("SWAV_CACHE_DIR", ""):
+    os.environ["SWAV_CACHE_DIR"] = tempfile.mkdtemp(prefix="swav-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SWAV_CACHE_DIR"], ignore_errors=True)
 
 
 def tiny_overrides(run_dir, **extra) -> list[str]:
