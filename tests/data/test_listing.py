@@ -1,6 +1,8 @@
 """Listings of folders and archives: made once, shared, invalidated when the data changes, and
 equal to a fresh listing."""
 
+import os
+import shutil
 import tarfile
 import threading
 import time
@@ -130,3 +132,92 @@ def test_a_damaged_archive_is_refused_and_not_cached(image_folder, tmp_path, cac
         with pytest.raises(DataError, match="damaged"):
             tar_source(cut, "train")
     assert not list(cache.glob("*.tar")) and not list(cache.glob("*.tmp*"))
+
+
+def test_the_cache_says_what_each_entry_is_and_prunes_only_the_stale(
+    image_folder, tmp_path, cache, caplog
+):
+    from swav.data.listing import cache_entries, remove_cache_entries
+
+    archive = make_archive(image_folder, tmp_path / "data.tar.gz", "w:gz")
+    tar_source(archive, "train")
+    folder_source(image_folder)
+    entries = {e.kind: e for e in cache_entries()}
+    assert set(entries) == {"decompressed archive", "archive listing", "folder listing"}
+    assert entries["archive listing"].source == str(archive.resolve())
+    assert entries["archive listing"].split == "train"
+    assert entries["decompressed archive"].source == str(archive.resolve())
+    assert entries["folder listing"].source == str(image_folder.resolve())
+    copy = entries["decompressed archive"].path
+    assert entries["decompressed archive"].size == copy.stat().st_size > 0
+    assert not any(e.stale for e in entries.values())
+
+    (image_folder / "cats" / "0.png").unlink()  # the archive is rewritten: a new copy
+    time.sleep(0.01)
+    make_archive(image_folder, archive, "w:gz")
+    with caplog.at_level("WARNING"):
+        assert len(tar_source(archive, "train")) == 23
+    assert "swav cache --prune" in caplog.text and copy.name in caplog.text
+    stale = [e for e in cache_entries() if e.stale]
+    assert {e.kind for e in stale} == {"decompressed archive", "archive listing"}
+    assert all(e.stale == "its archive has changed since" for e in stale)
+    assert copy in {e.path for e in stale}
+
+    freed = remove_cache_entries(stale)
+    assert freed == sum(e.size for e in stale) and not copy.exists()
+    assert not copy.with_suffix(".json").exists()
+    left = cache_entries()
+    assert len(left) == 3 and not any(e.stale for e in left)
+    again = tar_source(archive, "train")  # still read from the cache, by offset
+    assert isinstance(again.items, ArchiveMembers) and len(again) == 23
+
+    shutil.rmtree(image_folder)  # the folder is gone: its listing is stale
+    (e,) = [e for e in cache_entries() if e.stale]
+    assert e.kind == "folder listing" and e.stale == "its source is gone"
+
+
+def test_entries_from_older_versions_and_half_written_ones_are_stale(tmp_path, cache):
+    from swav.data.listing import UNFINISHED_AFTER_S, cache_entries
+
+    cache.mkdir(parents=True)
+    (cache / "0123abcd.tar").write_bytes(b"\0" * 1024)  # a copy without a note of its source
+    half = cache / "4567abcd.tar.tmp999"
+    half.write_bytes(b"\0" * 10)
+    fresh = cache / "89abcdef.tar.tmp998"  # another process is writing it now
+    fresh.write_bytes(b"\0" * 10)
+    old = time.time() - UNFINISHED_AFTER_S - 60
+    os.utime(half, (old, old))
+    got = {e.path.name: e for e in cache_entries()}
+    assert got["0123abcd.tar"].stale.startswith("made by an older version")
+    assert got["4567abcd.tar.tmp999"].stale == "a stopped process left it half-written"
+    assert got["89abcdef.tar.tmp998"].stale == ""
+
+
+def test_swav_cache_lists_prunes_and_clears(image_folder, tmp_path, cache, capsys, monkeypatch):
+    from swav.cli import main
+
+    archive = make_archive(image_folder, tmp_path / "data.tar.gz", "w:gz")
+    tar_source(archive, "train")
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert f"{archive.resolve()} [train]  (current)" in out and "2 entries" in out
+    archive.unlink()
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert "(stale: its source is gone)" in out and "2 stale" in out
+    assert main(["cache", "--prune"]) == 0
+    assert "2 stale entries removed" in capsys.readouterr().out
+    assert [p for p in cache.iterdir() if p.suffix != ".lock"] == []
+    tar_source(make_archive(image_folder, archive, "w:gz"), "train")
+    assert main(["cache", "--clear"]) == 0
+    assert "removed everything" in capsys.readouterr().out and list(cache.iterdir()) == []
+    monkeypatch.setenv("SWAV_CACHE_DIR", "off")
+    assert main(["cache"]) == 0
+    assert "the listing cache is off" in capsys.readouterr().out
+
+
+def test_swav_cache_names_the_default_datasets_folder():
+    from swav.cli.cache import DATASETS
+    from swav.config import DataConfig
+
+    assert DataConfig().root == DATASETS

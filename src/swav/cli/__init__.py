@@ -1,9 +1,9 @@
 """The ``swav`` command. Thin: it parses arguments and calls the library.
 
 Each command group registers its sub-commands (``pretrain``: pretrain, demo, presets;
-``evaluate``: eval, report; ``interop``: zoo, export, embed, predict, assign). A user error
-(``SwAVError``) is caught once, here: ``swav <command>: error: <message>`` and exit code 2;
-``--debug`` shows its traceback.
+``cache``; ``evaluate``: eval, report; ``interop``: zoo, export, embed, predict, assign). A
+user error (``SwAVError``) is caught once, here: ``swav <command>: error: <message>`` and exit
+code 2; ``--debug`` shows its traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pretrain", "pretrain on the embedded digits and show what was learned"),
     "presets": ("pretrain", "list the configuration presets"),
     "shards": ("pretrain", "pack images into tar shards with an index (fast start at any scale)"),
+    "cache": (
+        "cache",
+        "what the listing cache holds (decompressed archives too); --prune, --clear",
+    ),
     "eval": ("evaluate", "evaluate a backbone: knn, linear, semisup, lowshot, cluster"),
     "report": ("evaluate", "a run's results in one page: REPORT.md, or report.html with --html"),
     "viz": ("viz", "pictures of a run or a model: curves, clusters, neighbours, embedding"),

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,8 +150,9 @@ def _locked(lock: Path) -> Iterator[None]:
         yield
 
 
-def _save(listing: Listing, folder: Path) -> None:
-    """Writes the listing into a new folder beside ``folder`` and renames it into place."""
+def _save(listing: Listing, folder: Path, about: dict[str, Any]) -> None:
+    """Writes the listing into a new folder beside ``folder`` and renames it into place;
+    ``about`` (what was listed: kind, source, split, archive signature) goes into its meta."""
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -161,7 +163,7 @@ def _save(listing: Listing, folder: Path) -> None:
     if listing.offsets is not None and listing.sizes is not None:
         np.save(tmp / "member_offsets.npy", np.asarray(listing.offsets, dtype=np.int64))
         np.save(tmp / "member_sizes.npy", np.asarray(listing.sizes, dtype=np.int64))
-    meta = {"classes": listing.classes, "root": listing.root, "dirs": listing.dirs}
+    meta = {"classes": listing.classes, "root": listing.root, "dirs": listing.dirs, **about}
     (tmp / "meta.json").write_text(json.dumps(meta))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
@@ -187,11 +189,11 @@ def _load(folder: Path) -> Listing | None:
     )
 
 
-def _keep(listing: Listing, folder: Path, what: Path) -> Listing:
+def _keep(listing: Listing, folder: Path, what: Path, about: dict[str, Any]) -> Listing:
     """``listing`` saved to the cache ``folder`` and mapped back from it; the listing itself
     (with a warning) when the cache cannot be written."""
     try:
-        _save(listing, folder)
+        _save(listing, folder, {"source": str(what.resolve()), **about})
     except OSError as e:
         log.warning("could not cache the listing of %s in %s (%s)", what, folder.parent, e)
         return listing
@@ -210,7 +212,7 @@ def cached_folder_listing(root: Path, split: str, make: Any) -> Listing:
         found = _load(folder)
         if found is not None and _dirs_unchanged(found.dirs):
             return found
-        return _keep(make(root), folder, root)
+        return _keep(make(root), folder, root, {"kind": "folder", "split": split})
 
 
 def cached_archive_listing(path: Path, split: str, make: Any) -> Listing:
@@ -221,7 +223,8 @@ def cached_archive_listing(path: Path, split: str, make: Any) -> Listing:
     compressed = not str(path).endswith(".tar")
     if cache is None:
         return make(path)
-    signature = [str(path.resolve()), _archive_signature(path)]
+    stamp = _archive_signature(path)
+    signature = [str(path.resolve()), stamp]
     folder = cache / _key("archive", *signature, split)
     with _locked(folder.with_suffix(".lock")):
         found = _load(folder)
@@ -230,14 +233,16 @@ def cached_archive_listing(path: Path, split: str, make: Any) -> Listing:
         tar = path
         if compressed:
             tar = cache / f"{_key('decompressed', *signature)}.tar"
-            if not tar.is_file() and not _decompress(path, tar):
+            if not tar.is_file() and not _decompress(path, tar, stamp):
                 return make(path)
-        return _keep(make(tar), folder, path)
+        about = {"kind": "archive", "split": split, "signature": stamp}
+        return _keep(make(tar), folder, path, about)
 
 
-def _decompress(path: Path, tar: Path) -> bool:
-    """``path`` (gzip) decompressed into ``tar``; False (with a warning) when the cache has no
-    room for it. A damaged archive raises the decompressor's error."""
+def _decompress(path: Path, tar: Path, signature: list[int]) -> bool:
+    """``path`` (gzip) decompressed into ``tar``, with a note of its source beside it; False
+    (with a warning) when the cache has no room for it. A damaged archive raises the
+    decompressor's error."""
     tmp = tar.with_name(tar.name + f".tmp{os.getpid()}")
     try:
         with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
@@ -252,5 +257,133 @@ def _decompress(path: Path, tar: Path) -> bool:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, tar)
+    source = str(path.resolve())
+    with contextlib.suppress(OSError):
+        tar.with_suffix(".json").write_text(json.dumps({"source": source, "signature": signature}))
     log.info("decompressed %s once into %s; it is read by offset from there", path, tar)
+    older = [e for e in cache_entries(tar.parent) if e.source == source and e.stale]
+    if older:
+        log.warning(
+            "the cache still holds %s of %s as it was before it changed (%s); `swav cache "
+            "--prune` removes it once no run reads the old version",
+            size_text(sum(e.size for e in older)),
+            path,
+            ", ".join(e.path.name for e in older),
+        )
     return True
+
+
+UNFINISHED_AFTER_S = 3600.0
+"""A half-written entry (``*.tmp<pid>``) untouched for this long was left by a stopped process."""
+
+
+@dataclass
+class CacheEntry:
+    """One thing in the listing cache: a listing or a decompressed archive, what it was made
+    from and, when it can go, why (``stale``; empty while it is current)."""
+
+    path: Path
+    kind: str
+    source: str | None
+    split: str
+    size: int
+    stale: str
+
+
+def tree_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def size_text(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def _staleness(source: str, signature: list[int] | None) -> str:
+    """Why an entry made from ``source`` (an archive when ``signature`` is given) is stale."""
+    p = Path(source)
+    if not p.exists():
+        return "its source is gone"
+    if signature is not None and _archive_signature(p) != list(signature):
+        return "its archive has changed since"
+    return ""
+
+
+OLDER = "made by an older version that did not note its source"
+
+
+def cache_entries(root: Path | None = None) -> list[CacheEntry]:
+    """Everything in the listing cache ``root`` (default: :func:`cache_root`), largest first.
+
+    A listing is stale when its folder or archive is gone or the archive changed (a changed
+    folder is listed again in place); a decompressed copy when its archive is gone or changed;
+    an archive's listing or copy made before sources were noted when no current listing reads
+    it; a half-written entry when nobody has written to it for an hour."""
+    root = root or cache_root()
+    if root is None or not root.is_dir():
+        return []
+    entries: list[CacheEntry] = []
+    read_by: dict[str, bool] = {}  # decompressed copy -> whether a current listing reads it
+    for p in sorted(root.iterdir()):
+        if p.suffix in (".lock", ".json"):
+            continue
+        size = tree_size(p)
+        if ".tmp" in p.name:
+            idle = time.time() - p.stat().st_mtime
+            why = "a stopped process left it half-written" if idle > UNFINISHED_AFTER_S else ""
+            entries.append(CacheEntry(p, "unfinished", None, "", size, why))
+        elif p.is_dir():
+            try:
+                meta = json.loads((p / "meta.json").read_text())
+            except (OSError, ValueError):
+                entries.append(CacheEntry(p, "unreadable", None, "", size, "it cannot be read"))
+                continue
+            archive = (p / "member_offsets.npy").exists()
+            source = meta.get("source", None if archive else meta.get("root"))
+            why = _staleness(source, meta.get("signature")) if source else OLDER
+            if archive and not why and not Path(str(meta.get("root"))).is_file():
+                why = "the archive copy it reads is gone"
+            read_by[str(meta.get("root"))] = read_by.get(str(meta.get("root")), False) or not why
+            kind = f"{'archive' if archive else 'folder'} listing"
+            entries.append(CacheEntry(p, kind, source, meta.get("split", ""), size, why))
+        elif p.suffix == ".tar":
+            try:
+                note = json.loads(p.with_suffix(".json").read_text())
+            except (OSError, ValueError):
+                note = {}
+            source = note.get("source")
+            why = _staleness(source, note.get("signature")) if source else OLDER
+            entries.append(CacheEntry(p, "decompressed archive", source, "", size, why))
+    for e in entries:  # a copy without a note is kept while a current listing reads it
+        if e.kind == "decompressed archive" and e.source is None and read_by.get(str(e.path)):
+            e.stale = ""
+    return sorted(entries, key=lambda e: -e.size)
+
+
+def clear_cache(root: Path) -> int:
+    """Removes everything in the listing cache ``root``; the bytes freed."""
+    freed = 0
+    for p in root.iterdir() if root.is_dir() else []:
+        freed += tree_size(p)
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return freed
+
+
+def remove_cache_entries(entries: Sequence[CacheEntry]) -> int:
+    """Removes ``entries`` (with their lock files and notes); the bytes freed."""
+    freed = 0
+    for e in entries:
+        freed += e.size
+        if e.path.is_dir():
+            shutil.rmtree(e.path, ignore_errors=True)
+        else:
+            e.path.unlink(missing_ok=True)
+        for extra in (e.path.with_suffix(".lock"), e.path.with_suffix(".json")):
+            if ".tmp" not in e.path.name:
+                extra.unlink(missing_ok=True)
+    return freed
