@@ -64,6 +64,20 @@ def test_every_preset_shortened_to_a_tenth_keeps_its_schedule_inside_the_run(nam
     assert not any("past the end" in n for n in notes), notes
 
 
+@pytest.mark.parametrize("name", presets())
+def test_presets_with_a_small_batch_take_the_small_batch_settings(name):
+    """Below a global batch of 256 the codes of a batch with hundreds of prototypes start nearly
+    uniform, and a short run stays at ln K (the `imagenette96` preset with 1000 prototypes, a
+    queue and 128-d codes sat at ln 1000 and below a random network at 12 epochs): such presets
+    take the settings `swav pretrain --data` uses for a small batch."""
+    cfg = build_config(name)
+    batch = cfg.train.global_batch or cfg.train.batch_size
+    if batch >= 256:
+        pytest.skip(f"global batch {batch}")
+    assert max(cfg.model.n_prototypes) <= 100 and cfg.model.output_dim <= 32
+    assert cfg.swav.queue_length == 0 and cfg.swav.temperature >= 0.2
+
+
 def test_percentages_resolve_against_the_run():
     cfg = build_config(
         None,
