@@ -291,12 +291,14 @@ class CacheEntry:
 
 
 def tree_size(path: Path) -> int:
+    """Bytes in the file ``path``, or in every file under the folder ``path``."""
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def size_text(n: float) -> str:
+    """``n`` bytes for a reader: '740 B', '737.4 kB', '67.4 MB', '1.2 GB'."""
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -328,7 +330,7 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
     if root is None or not root.is_dir():
         return []
     entries: list[CacheEntry] = []
-    read_by: dict[str, bool] = {}  # decompressed copy -> whether a current listing reads it
+    read: set[str] = set()  # the archive copies that a current listing reads
     for p in sorted(root.iterdir()):
         if p.suffix in (".lock", ".json"):
             continue
@@ -348,7 +350,8 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
             why = _staleness(source, meta.get("signature")) if source else OLDER
             if archive and not why and not Path(str(meta.get("root"))).is_file():
                 why = "the archive copy it reads is gone"
-            read_by[str(meta.get("root"))] = read_by.get(str(meta.get("root")), False) or not why
+            if not why:
+                read.add(str(meta.get("root")))
             kind = f"{'archive' if archive else 'folder'} listing"
             entries.append(CacheEntry(p, kind, source, meta.get("split", ""), size, why))
         elif p.suffix == ".tar":
@@ -360,9 +363,16 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
             why = _staleness(source, note.get("signature")) if source else OLDER
             entries.append(CacheEntry(p, "decompressed archive", source, "", size, why))
     for e in entries:  # a copy without a note is kept while a current listing reads it
-        if e.kind == "decompressed archive" and e.source is None and read_by.get(str(e.path)):
+        if e.kind == "decompressed archive" and e.source is None and str(e.path) in read:
             e.stale = ""
     return sorted(entries, key=lambda e: -e.size)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def clear_cache(root: Path) -> int:
@@ -370,20 +380,15 @@ def clear_cache(root: Path) -> int:
     freed = 0
     for p in root.iterdir() if root.is_dir() else []:
         freed += tree_size(p)
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        _remove(p)
     return freed
 
 
 def remove_cache_entries(entries: Sequence[CacheEntry]) -> int:
     """Removes ``entries`` (with their lock files and notes); the bytes freed."""
-    freed = 0
     for e in entries:
-        freed += e.size
-        if e.path.is_dir():
-            shutil.rmtree(e.path, ignore_errors=True)
-        else:
-            e.path.unlink(missing_ok=True)
-        for extra in (e.path.with_suffix(".lock"), e.path.with_suffix(".json")):
-            if ".tmp" not in e.path.name:
-                extra.unlink(missing_ok=True)
-    return freed
+        _remove(e.path)
+        if ".tmp" not in e.path.name:  # a half-written entry has no lock or note of its own
+            _remove(e.path.with_suffix(".lock"))
+            _remove(e.path.with_suffix(".json"))
+    return sum(e.size for e in entries)
