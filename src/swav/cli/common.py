@@ -8,6 +8,16 @@ import dataclasses
 import typing
 from typing import Any
 
+from swav.cli.kinds import (
+    BATCH,
+    IMAGE_SIZE,
+    LIMIT,
+    SEED,
+    OutputFile,
+    OutputFolder,
+    Reference,
+    Split,
+)
 from swav.interop.checkpoints import IGNORABLE_PARTS
 
 
@@ -20,6 +30,7 @@ def checkpoint_options() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         required=True,
+        type=Reference("checkpoint"),
         help="a run directory, a checkpoint file (any known layout) or a released name",
     )
     p.add_argument(
@@ -42,7 +53,7 @@ def size_options() -> argparse.ArgumentParser:
     p = _parent()
     p.add_argument(
         "--size",
-        type=int,
+        type=IMAGE_SIZE,
         default=None,
         help="image size (default: the run's large crop size, else 224)",
     )
@@ -51,7 +62,7 @@ def size_options() -> argparse.ArgumentParser:
 
 def batch_options() -> argparse.ArgumentParser:
     p = _parent()
-    p.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
+    p.add_argument("--batch-size", type=BATCH, default=256, help="batch size (default: 256)")
     return p
 
 
@@ -67,35 +78,54 @@ def labelled_data_options() -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default=None,
+        type=Reference("data"),
         help="labelled folder / archive / dataset (default: the pretraining data)",
     )
-    p.add_argument("--train-split", default=None, help="training split (default: the run's)")
-    p.add_argument("--test-split", default=None, help="test split (default: the run's eval split)")
-    p.add_argument("--limit", type=int, default=0, help="use N images of each split (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--train-split", default=None, type=Split(), help="training split (default: the run's)"
+    )
+    p.add_argument(
+        "--test-split",
+        default=None,
+        type=Split(),
+        help="test split (default: the run's eval split)",
+    )
+    p.add_argument(
+        "--limit", type=LIMIT, default=0, help="use N images of each split (default: 0, all)"
+    )
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default: 0)")
     p.add_argument(
         "--download-data",
         action="store_true",
         help="let a torchvision dataset (cifar10, cifar100, stl10) download (default: no)",
     )
-    p.add_argument("--cache", default=None, help="feature cache folder (default: none)")
+    p.add_argument(
+        "--cache",
+        default=None,
+        type=OutputFolder("feature cache folder"),
+        help="feature cache folder (default: none)",
+    )
     p.add_argument(
         "--out",
         default=None,
+        type=OutputFile("result file"),
         help="result JSON (default: RUN_DIR/eval/<protocol>.json for a run directory, "
-        "else eval_results/<protocol>.json)",
+        "else eval_results/<protocol>.json, replaced by each new evaluation)",
     )
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     return p
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, settings: type) -> None:
-    """One ``--name`` option per field of a settings dataclass, with its default and help."""
+    """One ``--name`` option per field of a settings dataclass, with its default, help and
+    kind (the field's ``metadata["kind"]``: its range, or the kind of path it is)."""
     hints = typing.get_type_hints(settings)
     for f in dataclasses.fields(settings):
         tp = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
         default = f.default_factory() if callable(f.default_factory) else f.default
         text = f.metadata.get("help", f.name)
+        kind = f.metadata.get("kind")
         if default is not None and "default:" not in text:
             text += f" (default: {_shown(default)})"
         if tp is bool:
@@ -103,10 +133,12 @@ def add_settings_arguments(parser: argparse.ArgumentParser, settings: type) -> N
         elif typing.get_origin(tp) is list:
             (inner,) = typing.get_args(tp)
             parser.add_argument(
-                flag, dest=f.name, type=inner, nargs="+", default=default, help=text
+                flag, dest=f.name, type=kind or inner, nargs="+", default=default, help=text
             )
         else:
-            parser.add_argument(flag, dest=f.name, type=_scalar(tp), default=default, help=text)
+            parser.add_argument(
+                flag, dest=f.name, type=kind or _scalar(tp), default=default, help=text
+            )
 
 
 def settings_from_args(settings: type, args: argparse.Namespace) -> Any:

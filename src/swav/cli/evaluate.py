@@ -14,6 +14,7 @@ from swav.cli.common import (
     settings_from_args,
     size_options,
 )
+from swav.cli.kinds import COUNT, InputFolder, Reference
 from swav.eval.protocols import PROTOCOLS, evaluate, format_result
 from swav.eval.request import default_result_path, resolve_request
 
@@ -39,15 +40,20 @@ def register(sub: Any) -> None:
         help="a run's results in one page: REPORT.md, or report.html with --html",
         parents=[progress_options()],
     )
-    r.add_argument("run_dir")
+    r.add_argument("run_dir", type=InputFolder("run directory"))
     r.add_argument(
         "--html",
         action="store_true",
         help="write RUN_DIR/report.html: configuration, curves, evaluations, galleries, "
         "embedding map and health warnings, in one self-contained page",
     )
-    r.add_argument("--data", default=None, help="images for the galleries (default: the run's)")
-    r.add_argument("--limit", type=int, default=1000, help="images in the galleries (1000)")
+    r.add_argument(
+        "--data",
+        default=None,
+        type=Reference("data"),
+        help="images for the galleries (default: the run's)",
+    )
+    r.add_argument("--limit", type=COUNT, default=1000, help="images in the galleries (1000)")
     r.add_argument("--no-pictures", action="store_true", help="leave out galleries and map")
     r.set_defaults(func=_report)
 

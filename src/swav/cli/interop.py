@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from swav.cli.common import batch_options, checkpoint_options, progress_options, size_options
+from swav.cli.kinds import COUNT, InputFile, OutputFile, Reference, Split
 from swav.engine.run_dir import check_writable
 from swav.interop.checkpoints import CheckpointError, load_checkpoint, load_linear_head
 from swav.interop.export import FORMATS, export_model
@@ -23,7 +24,7 @@ def register(sub: Any) -> None:
     x.add_argument(
         "--format", default="torchvision", choices=FORMATS, help="output format (torchvision)"
     )
-    x.add_argument("--out", required=True, help="output file")
+    x.add_argument("--out", required=True, type=OutputFile(), help="output file")
     x.add_argument("--force", action="store_true", help="replace an existing output file")
     x.set_defaults(func=_export)
     em = sub.add_parser(
@@ -31,9 +32,11 @@ def register(sub: Any) -> None:
         help="backbone features of every image, in order",
         parents=[checkpoint_options(), size_options(), batch_options(), progress_options()],
     )
-    em.add_argument("data", help="folder, archive or dataset name")
-    em.add_argument("--split", default="", help="split of the data (default: all)")
-    em.add_argument("--out", required=True, help=".npy (+ .names.txt) or .parquet")
+    em.add_argument("data", type=Reference("data"), help="folder, archive or dataset name")
+    em.add_argument("--split", default="", type=Split(), help="split of the data (default: all)")
+    em.add_argument(
+        "--out", required=True, type=OutputFile(), help=".npy (+ .names.txt) or .parquet"
+    )
     em.add_argument("--force", action="store_true", help="replace an existing output file")
     em.set_defaults(func=_embed)
     pr = sub.add_parser(
@@ -41,21 +44,27 @@ def register(sub: Any) -> None:
         help="class and score per image (backbone + linear head)",
         parents=[checkpoint_options(), size_options()],
     )
-    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("images", nargs="+", type=Reference("image"), help="image files")
     pr.add_argument(
         "--head",
         default=None,
+        type=Reference("linear head"),
         help="linear head file (e.g. swav_800ep_eval_linear); default: the checkpoint's fc layer",
     )
-    pr.add_argument("--classes", default=None, help="file with one class name per line")
-    pr.add_argument("--topk", type=int, default=1, help="classes per image (default: 1)")
+    pr.add_argument(
+        "--classes",
+        default=None,
+        type=InputFile("class list"),
+        help="file with one class name per line",
+    )
+    pr.add_argument("--topk", type=COUNT, default=1, help="classes per image (default: 1)")
     pr.set_defaults(func=_predict)
     a = sub.add_parser(
         "assign",
         help="highest-scoring prototype per image",
         parents=[checkpoint_options(), size_options()],
     )
-    a.add_argument("images", nargs="+", help="image files")
+    a.add_argument("images", nargs="+", type=Reference("image"), help="image files")
     a.set_defaults(func=_assign)
 
 
@@ -93,7 +102,7 @@ def _embed(args: argparse.Namespace) -> int:
 
     embedding_path(args.out, args.force)  # before any work
     loaded = load_checkpoint(args.checkpoint, ignore=args.ignore, download=args.download)
-    src = open_source(args.data, args.split)
+    src = open_source(args.data, args.split, strict=True)
     tf = loaded.eval_transform(args.size)
     emb = embed(loaded.model, src, tf, args.batch_size, progress=not args.no_progress)
     for f in save_embeddings(emb, args.out, force=args.force):

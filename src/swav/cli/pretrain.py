@@ -8,6 +8,7 @@ import textwrap
 from typing import Any
 
 from swav.cli.common import progress_options
+from swav.cli.kinds import COUNT, OutputFolder, Override, Reference, Split
 from swav.config import build_config, describe_options, preset_summary, presets
 from swav.engine.launch import resolve_launch
 from swav.engine.recipe import suggest_recipe
@@ -28,17 +29,29 @@ def register(sub: Any) -> None:
         "overrides",
         nargs="*",
         metavar="key=value",
+        type=Override(),
         help="configuration overrides, e.g. data.source=~/photos train.epochs=100",
     )
     p.add_argument(
         "--preset",
         default=None,
+        type=Reference("preset"),
         help="a preset name (see `swav presets`), a YAML file, or 'defaults' for the built-in "
         "defaults (the paper's main recipe) (default: 'demo' when no data is given, else a "
         "recipe chosen from the data and this machine, printed at the start)",
     )
-    p.add_argument("--data", default=None, help="shorthand for data.source=DATA (default: none)")
-    p.add_argument("--run-dir", default=None, help="shorthand for run_dir=DIR (default: none)")
+    p.add_argument(
+        "--data",
+        default=None,
+        type=Reference("data"),
+        help="shorthand for data.source=DATA (default: none)",
+    )
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        type=OutputFolder("run directory"),
+        help="shorthand for run_dir=DIR (default: none)",
+    )
     p.add_argument(
         "--allow-config-change",
         action="store_true",
@@ -50,8 +63,19 @@ def register(sub: Any) -> None:
         help="pretrain on the embedded digits and show what was learned",
         parents=[progress_options()],
     )
-    d.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo preset")
-    d.add_argument("--run-dir", default="runs/demo", help="output folder (default: runs/demo)")
+    d.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        type=Override(),
+        help="overrides of the demo preset",
+    )
+    d.add_argument(
+        "--run-dir",
+        default="runs/demo",
+        type=OutputFolder("run directory"),
+        help="output folder (default: runs/demo)",
+    )
     d.set_defaults(func=_demo)
     pr = sub.add_parser("presets", help="list the configuration presets")
     pr.set_defaults(func=_presets)
@@ -62,10 +86,16 @@ def register(sub: Any) -> None:
         "(WebDataset layout) with an index of every image's offset; train on them with "
         "data.source=OUT.",
     )
-    sh.add_argument("source", help="folder, archive or dataset name")
-    sh.add_argument("out", help="folder to write the shards and index.json into")
-    sh.add_argument("--split", default="", help="split of the source (default: every image)")
-    sh.add_argument("--shard-size", type=int, default=10_000, help="images per shard (10000)")
+    sh.add_argument("source", type=Reference("data"), help="folder, archive or dataset name")
+    sh.add_argument(
+        "out",
+        type=OutputFolder("shards folder"),
+        help="folder to write the shards and index.json into",
+    )
+    sh.add_argument(
+        "--split", default="", type=Split(), help="split of the source (default: every image)"
+    )
+    sh.add_argument("--shard-size", type=COUNT, default=10_000, help="images per shard (10000)")
     sh.set_defaults(func=_shards)
 
 
@@ -168,7 +198,7 @@ def _shards(args: argparse.Namespace) -> int:
     from swav.data.shards import pack_shards
     from swav.data.sources import open_source
 
-    source = open_source(args.source, args.split)
+    source = open_source(args.source, args.split, strict=True)
     index = pack_shards(source, args.out, args.shard_size)
     shards = -(-len(source) // args.shard_size)
     print(f"{len(source)} images in {shards} shards; index {index}")

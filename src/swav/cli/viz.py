@@ -8,23 +8,49 @@ from pathlib import Path
 from typing import Any
 
 from swav.cli.common import progress_options
+from swav.cli.kinds import (
+    COUNT,
+    IMAGE_SIZE,
+    LIMIT,
+    InputFolder,
+    OutputFile,
+    OutputFolder,
+    Reference,
+    Split,
+    whole,
+)
 
 
 def _view_options() -> argparse.ArgumentParser:
     """The model and the images a picture is made from."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint file or name")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Reference("checkpoint"),
+        help="run directory, checkpoint file or name",
+    )
     p.add_argument("--download", action="store_true", help="fetch a released checkpoint")
     p.add_argument(
-        "--data", default=None, help="folder, archive or dataset (default: the pretraining data)"
+        "--data",
+        default=None,
+        type=Reference("data"),
+        help="folder, archive or dataset (default: the pretraining data)",
     )
-    p.add_argument("--split", default=None, help="split (default: the run's held-out split)")
     p.add_argument(
-        "--limit", type=int, default=2000, help="images used, at random (default: 2000; 0: all)"
+        "--split", default=None, type=Split(), help="split (default: the run's held-out split)"
     )
-    p.add_argument("--size", type=int, default=None, help="image size (default: the run's)")
-    p.add_argument("--out", default=None, help="the PNG to write (default: a name in .)")
+    p.add_argument(
+        "--limit", type=LIMIT, default=2000, help="images used, at random (default: 2000; 0: all)"
+    )
+    p.add_argument("--size", type=IMAGE_SIZE, default=None, help="image size (default: the run's)")
+    _out_options(p, "the PNG to write (default: a name in .)")
     return p
+
+
+def _out_options(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--out", default=None, type=OutputFile("picture"), help=help)
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
 
 
 def register(sub: Any) -> None:
@@ -35,20 +61,27 @@ def register(sub: Any) -> None:
     )
     vs = v.add_subparsers(dest="picture", required=True)
     c = vs.add_parser("curves", help="loss, learning rate, code entropy, prototypes, images/s")
-    c.add_argument("run_dir")
-    c.add_argument("--out", default=None, help="PNG (default: RUN_DIR/curves.png)")
+    c.add_argument("run_dir", type=InputFolder("run directory"))
+    _out_options(c, "PNG (default: RUN_DIR/curves.png)")
     c.set_defaults(func=_curves)
     parents = [_view_options(), progress_options()]
     g = vs.add_parser("clusters", parents=parents, help="the images of the most used prototypes")
-    g.add_argument("--prototypes", type=int, nargs="+", default=None, help="these prototypes")
-    g.add_argument("--count", type=int, default=8, help="prototypes shown (default: 8)")
-    g.add_argument("--top", type=int, default=8, help="images per prototype (default: 8)")
-    g.add_argument("--export", default=None, help="folder: one sub-folder of images per prototype")
+    g.add_argument(
+        "--prototypes", type=whole(0), nargs="+", default=None, help="these prototypes (0, 1, ...)"
+    )
+    g.add_argument("--count", type=COUNT, default=8, help="prototypes shown (default: 8)")
+    g.add_argument("--top", type=COUNT, default=8, help="images per prototype (default: 8)")
+    g.add_argument(
+        "--export",
+        default=None,
+        type=OutputFolder("export folder"),
+        help="folder: one sub-folder of images per prototype",
+    )
     g.add_argument("--copy", action="store_true", help="copy images when exporting (default: link)")
     g.set_defaults(func=_clusters)
     n = vs.add_parser("neighbours", parents=parents, help="each query beside its nearest images")
-    n.add_argument("queries", nargs="+", help="query image files")
-    n.add_argument("--k", type=int, default=8, help="neighbours per query (default: 8)")
+    n.add_argument("queries", nargs="+", type=Reference("image"), help="query image files")
+    n.add_argument("--k", type=COUNT, default=8, help="neighbours per query (default: 8)")
     n.set_defaults(func=_neighbours)
     e = vs.add_parser("embedding", parents=parents, help="2-D map of the features")
     e.add_argument("--method", default="auto", choices=["auto", "umap", "tsne"])

@@ -343,11 +343,18 @@ def digits_source(split: str = "train", seed: int = 0, test_fraction: float = 0.
     )
 
 
+STL10_SPLITS = ("train", "test", "unlabeled", "train+unlabeled", "")
+
+
 def torchvision_source(name: str, root: str, split: str, download: bool) -> ImageSource:
     """CIFAR-10 / CIFAR-100 / STL-10 from torchvision; downloads only when ``download``."""
     import torchvision.datasets as tvd
 
     root = str(Path(root).expanduser())
+    known = ("train", "", "test", "val") if name.startswith("cifar") else STL10_SPLITS
+    if split not in known:
+        shown = ", ".join(repr(k) for k in known if k)
+        raise DataError(f"{name} has splits {shown}, not {split!r}")
     train = split in ("train", "", "unlabeled", "train+unlabeled")
     try:
         if name == "cifar10":
@@ -382,8 +389,13 @@ def open_source(
     root: str = "~/.cache/swav/datasets",
     download: bool = False,
     seed: int = 0,
+    strict: bool = False,
 ) -> ImageSource:
-    """Any supported source by name or path (see ``swav.config.DataConfig.source``)."""
+    """Any supported source by name or path (see ``swav.config.DataConfig.source``).
+
+    A folder or a shard set without the ``split`` sub-folder is read whole (the default split
+    ``train`` of a flat folder of photos), unless ``strict``: a split the user named must be
+    there, never silently replaced by every image."""
     if not source:
         raise DataError("no data given: set data.source to a folder, an archive or 'digits'")
     if source == "digits":
@@ -394,9 +406,16 @@ def open_source(
 
     if split and is_shard_set(str(Path(source) / split)):  # OUT/train, OUT/val, ... packed apart
         return shard_source(str(Path(source) / split))
+    p = Path(source).expanduser()
+    if strict and split and (is_shard_set(source) or p.is_dir()) and not (p / split).is_dir():
+        there = sorted(d.name for d in p.iterdir() if d.is_dir()) if p.is_dir() else []
+        raise DataError(
+            f"{source} has no split {split!r}"
+            + (f" (its sub-folders: {', '.join(there[:10])})" if there else "")
+            + "; leave the split out to read every image"
+        )
     if is_shard_set(source):
         return shard_source(source)
-    p = Path(source).expanduser()
     if p.is_file() and (p.name.endswith((".tar", ".tar.gz", ".tgz"))):
         return tar_source(p, split)
     if p.is_file():

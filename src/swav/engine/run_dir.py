@@ -140,16 +140,65 @@ class RunDir:
         return yaml.safe_load(self.config.read_text()) or {}
 
 
-def check_writable(path: str | Path, force: bool = False) -> Path:
-    """``path`` as an output file: refused when it is a run directory's own checkpoint, and
-    when it exists unless ``force``. Returns it as a Path."""
+RUN_FILES = (
+    "checkpoint.pt",
+    "checkpoint_healthy.pt",
+    "config.yaml",
+    "metrics.jsonl",
+    "run.lock",
+)
+"""The files a run needs to resume; no output of another command may replace them."""
+
+
+def _is_run_dir(folder: Path) -> bool:
+    return (folder / "checkpoint.pt").exists() or (folder / "config.yaml").exists()
+
+
+def _own_file_of_run(path: Path) -> bool:
+    """True for a run directory's own files: checkpoint, healthy copy, configuration, metrics,
+    lock, and the periodic copies in ``checkpoints/``."""
+    try:
+        path = path.parent.resolve() / path.name
+    except OSError:
+        return False
+    if path.name in RUN_FILES and _is_run_dir(path.parent):
+        return True
+    return path.parent.name == "checkpoints" and _is_run_dir(path.parent.parent)
+
+
+def guard_output(
+    path: str | Path, force: bool = False, folder: bool = False, what: str = "output"
+) -> Path:
+    """``path`` as an output, checked before any work is done (nothing is created).
+
+    Refused, with what to do instead: an empty name; a run directory's own files (even with
+    ``force``: an evaluation result written over ``checkpoint.pt`` loses the run); a file
+    where a folder is wanted or a folder where a file is wanted; an existing file unless
+    ``force``; a location whose nearest existing folder is not writable. Returns it as a Path.
+    """
+    if not str(path).strip():
+        raise UsageError(f"{what}: an empty name; give a path")
     path = Path(path).expanduser()
-    run = RunDir(path.parent)
-    if path.name in (run.checkpoint.name, run.healthy_checkpoint.name) and run.config.exists():
-        raise UsageError(f"{path} is a run's own checkpoint: write the output somewhere else")
-    if path.exists() and not force:
-        raise UsageError(f"{path} exists: choose another output, or pass --force to replace it")
+    if not folder and _own_file_of_run(path):
+        raise UsageError(
+            f"{what} {path} is a run's own file (it would replace what the run needs to "
+            "resume): write the output somewhere else"
+        )
+    if folder and path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path} is a file, not a folder; choose another folder")
+    if not folder and path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give a file name (e.g. {path}/out)")
+    if not folder and path.exists() and not force:
+        raise UsageError(
+            f"{what} {path} exists: choose another output, or pass --force to replace it"
+        )
+    check_writable_dir(path if folder else path.parent, what if folder else f"{what} folder")
     return path
+
+
+def check_writable(path: str | Path, force: bool = False) -> Path:
+    """``path`` as an output file (``guard_output`` for a file)."""
+    return guard_output(path, force)
 
 
 def _parse(line: str) -> dict[str, Any] | None:

@@ -5,11 +5,14 @@ the test set, so a million training features fit."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from swav.errors import UsageError
 
 
 @torch.no_grad()
@@ -22,7 +25,13 @@ def knn_predict(
     n_classes: int | None = None,
     chunk: int = 256,
 ) -> dict[int, Tensor]:
-    """Class scores (N_test x C) for each k."""
+    """Class scores (N_test x C) for each k. The weights are taken relative to each test
+    sample's nearest neighbour (``exp((sim - max sim) / T)``): the same ranking as
+    ``exp(sim / T)``, without overflow for small temperatures."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise UsageError(f"knn temperature: {temperature!r} is not a finite number > 0")
+    if not ks or min(ks) < 1:
+        raise UsageError(f"knn: every k must be at least 1, got {list(ks)}")
     train = F.normalize(train_features.float(), dim=1)
     test = F.normalize(test_features.float(), dim=1)
     labels = train_labels.long()
@@ -32,7 +41,7 @@ def knn_predict(
     for start in range(0, test.shape[0], chunk):
         sim = test[start : start + chunk] @ train.t()
         top_sim, top_idx = sim.topk(kmax, dim=1)
-        weights = (top_sim / temperature).exp()
+        weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
         one_hot = F.one_hot(labels[top_idx], c).float()  # n x kmax x C
         for k in ks:
             kk = min(k, kmax)

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,50 +25,63 @@ from swav.eval.request import EvalRequest, resolve_request
 from swav.eval.semisup import balanced_subset, finetune, subset_from_file
 from swav.interop.checkpoints import CheckpointError
 from swav.model.features import extract_stage_features
+from swav.values import EPOCHS, LEARNING_RATE, InputFile, Range, non_negative, positive, whole
 
 
-def _opt(default: Any, help: str) -> Any:
-    """A protocol setting: its default and its help text (the CLI's option)."""
+def _opt(default: Any, help: str, kind: Any = None) -> Any:
+    """A protocol setting: its default, its help text (the CLI's option) and its kind (a
+    ``Range``, or the kind of file it names), which ``check_settings`` holds it to."""
+    meta = {"help": help, "kind": kind}
     if isinstance(default, list | tuple):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class KnnSettings:
-    k: list[int] = _opt([10, 20, 100, 200], "neighbours")
-    temperature: float = _opt(0.07, "vote temperature")
+    k: list[int] = _opt([10, 20, 100, 200], "neighbours", whole(1, 100_000))
+    temperature: float = _opt(0.07, "vote temperature: votes weigh exp(cosine / T)", positive(100))
 
 
 @dataclass
 class LinearSettings:
-    epochs: int = _opt(100, "epochs")
-    lr: float | None = _opt(None, "learning rate (default: 0.3 x batch / 256)")
-    weight_decay: float = _opt(1e-6, "weight decay")
+    epochs: int = _opt(100, "epochs", EPOCHS)
+    lr: float | None = _opt(None, "learning rate (default: 0.3 x batch / 256)", LEARNING_RATE)
+    weight_decay: float = _opt(1e-6, "weight decay", non_negative(1))
     fast: bool = _opt(False, "train on cached features without augmentation")
     stages: bool = _opt(False, "per-stage probes: stem and stages 1-4 (fast mode)")
-    val_fraction: float = _opt(0.0, "validation split carved from the training set")
+    val_fraction: float = _opt(
+        0.0,
+        "validation split carved from the training set",
+        Range(0, 1, hi_open=True, note="0 = none"),
+    )
 
 
 @dataclass
 class SemisupSettings:
-    fraction: float = _opt(0.1, "labelled fraction")
+    fraction: float = _opt(0.1, "labelled fraction", Range(0, 1, lo_open=True))
     subset_file: str | None = _opt(
-        None, "file listing the labelled images (default: a class-balanced draw)"
+        None,
+        "file listing the labelled images (default: a class-balanced draw)",
+        InputFile("subset file"),
     )
-    epochs: int = _opt(20, "epochs")
+    epochs: int = _opt(20, "epochs", EPOCHS)
     trunk_lr: float | None = _opt(
-        None, "trunk learning rate (default: 0.02 for 1 percent of the labels, else 0.01)"
+        None,
+        "trunk learning rate (default: 0.02 for 1 percent of the labels, else 0.01)",
+        non_negative(1e3, note="0 = the trunk frozen"),
     )
     head_lr: float | None = _opt(
-        None, "head learning rate (default: 5.0 for 1 percent of the labels, else 0.2)"
+        None,
+        "head learning rate (default: 5.0 for 1 percent of the labels, else 0.2)",
+        LEARNING_RATE,
     )
 
 
 @dataclass
 class LowshotSettings:
-    shots: list[int] = _opt(list(DEFAULT_SHOTS), "examples per class")
-    draws: int = _opt(5, "random draws per k")
+    shots: list[int] = _opt(list(DEFAULT_SHOTS), "examples per class", whole(1, 100_000))
+    draws: int = _opt(5, "random draws per k", whole(1, 1000))
 
 
 @dataclass
@@ -231,6 +245,7 @@ def evaluate(request: EvalRequest, protocol: str, settings: Any = None) -> dict[
         raise UsageError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     p = PROTOCOLS[protocol]
     settings = settings if settings is not None else p.settings()
+    check_settings(settings, protocol)
     recorded, results = p.run(request, settings)
     record = {
         "protocol": protocol,
@@ -245,6 +260,23 @@ def evaluate(request: EvalRequest, protocol: str, settings: Any = None) -> dict[
         request.out.parent.mkdir(parents=True, exist_ok=True)
         request.out.write_text(json.dumps(record, indent=2, allow_nan=False))
     return record
+
+
+def check_settings(settings: Any, protocol: str) -> None:
+    """Every setting within its declared kind (``UsageError`` naming the first that is not):
+    the library refuses what the command line refuses."""
+    for f in dataclasses.fields(settings):
+        kind, value = f.metadata.get("kind"), getattr(settings, f.name)
+        if value is None or kind is None:
+            continue
+        name = f"{protocol} {f.name}"
+        if isinstance(kind, Range):
+            for v in value if isinstance(value, list) else [value]:
+                kind.check(v, name)
+            if isinstance(value, list) and not value:
+                raise UsageError(f"{name}: give at least one value")
+        elif isinstance(kind, InputFile) and not Path(value).expanduser().is_file():
+            raise UsageError(f"{name}: {value}: no such file")
 
 
 def _finite(value: Any) -> Any:

@@ -12,9 +12,10 @@ from typing import Any
 
 from swav.data.sources import DataError, ImageSource, limit_source, open_source
 from swav.data.transforms import EvalTransform
-from swav.engine.run_dir import RunDir, check_writable_dir
+from swav.engine.run_dir import RunDir, guard_output
 from swav.interop.checkpoints import LoadedModel, load_checkpoint
 from swav.model.features import Features, extract_features
+from swav.values import BATCH, LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,10 @@ def resolve_request(
     default to the pretraining configuration when the checkpoint carries one (else 224 px,
     ImageNet statistics). ``download`` fetches a released checkpoint into the cache;
     ``download_data`` lets a torchvision dataset download."""
-    if out:
-        check_writable_dir(Path(out).parent, "result folder")  # before any features are computed
+    LIMIT.check(limit, "limit")
+    BATCH.check(batch_size, "batch_size")
+    if out:  # before any features are computed; never a run's own file
+        guard_output(out, force=True, what="result file")
     loaded = load_checkpoint(checkpoint, ignore=ignore, download=download)
     dcfg = loaded.pretraining.get("data", {})
     data = data or dcfg.get("source")
@@ -157,7 +160,8 @@ def resolve_request(
     root = dcfg.get("root", "~/.cache/swav/datasets")
     splits = []
     for name, split in (("training", train_split), ("test", test_split)):
-        src = limit_source(open_source(data, split, root, download_data, seed), limit, seed)
+        opened = open_source(data, split, root, download_data, seed, strict=True)
+        src = limit_source(opened, limit, seed)
         if not src.labelled:
             raise DataError(f"the {name} split of {data} has no labels (class folders)")
         splits.append(src)

@@ -63,10 +63,12 @@ def load_view(
     data = data or dcfg.get("source")
     if not data:
         raise DataError("no data given: pass --data (a folder, an archive or a dataset)")
+    named = split is not None  # a split the user named must be there
     if split is None and data == dcfg.get("source"):
         split = dcfg.get("eval_split") or dcfg.get("split", "")
     root = dcfg.get("root", "~/.cache/swav/datasets")
-    source = limit_source(open_source(data, split or "", root, False, seed), limit, seed)
+    opened = open_source(data, split or "", root, False, seed, strict=named)
+    source = limit_source(opened, limit, seed)
     tf = loaded.eval_transform(size)
     f = extract_features(loaded.model, source, tf, batch_size=128, progress=progress)
     ok = f.ok if f.ok is not None else torch.ones(len(source), dtype=torch.bool)
