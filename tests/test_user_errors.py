@@ -93,7 +93,7 @@ CASES = {
     ),
     "another network with --allow-config-change": (
         ["pretrain", "--run-dir", "{t}/copy", "--allow-config-change", "model.hidden_mlp=64"],
-        "network does not fit these settings (model.hidden_mlp: 32 -> 64)",
+        "another network (model.hidden_mlp: 32 -> 64)",
     ),
     "a bare state dict in the run directory": (
         ["pretrain", "--run-dir", "{t}/bare", "--allow-config-change"],
@@ -134,7 +134,7 @@ CASES = {
     ),
     "eval knn with a negative k": (
         ["eval", "knn", "--checkpoint", "{d}/run", "--data", "digits", "--k", "-3"],
-        "every k must be at least 1",
+        "argument --k: '-3' is not a whole number from 1",
     ),
     "eval result below a file": (
         [
@@ -147,7 +147,7 @@ CASES = {
             "--out",
             "{d}/a_file/x.json",
         ],
-        "result folder",
+        "is a file, not a folder",
     ),
     "a tar archive cut inside a header": (
         ["embed", "{d}/cut_at_header.tar", "--checkpoint", "{d}/run", "--out", "{t}/e.npy"],

@@ -130,6 +130,11 @@ class Config:
 
     def fingerprint(self) -> str:
         """Hash of the settings that define a run (not of run-length or logistics settings)."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that define a run, by section: what a resumed run may not change
+        without ``--allow-config-change`` (run length and logistics left out)."""
         d = self.to_dict()
         logistics = (
             "epochs",
@@ -152,7 +157,23 @@ class Config:
         for (section, key), default in ADDED_SETTINGS.items():
             if d[section].get(key) == default:  # likewise for settings added later
                 d[section].pop(key)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return d
+
+
+def identity_changes(before: Config, after: Config) -> list[str]:
+    """``key: old -> new`` for each setting of the run's identity that differs."""
+    old, new = before.identity(), after.identity()
+    changes = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section), new.get(section)
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            if a != b:
+                changes.append(f"{section}: {a} -> {b}")
+            continue
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                changes.append(f"{section}.{key}: {a.get(key)} -> {b.get(key)}")
+    return changes
 
 
 ADDED_SETTINGS: dict[tuple[str, str], Any] = {
@@ -301,12 +322,15 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def build_config(
-    preset: str | None = None,
+    preset: str | dict[str, Any] | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
 ) -> Config:
-    """Defaults, then a preset, then overrides; validated (see ``validate``)."""
+    """Defaults, then a preset (a name, a YAML file, or its mapping), then overrides;
+    validated (see ``validate``)."""
     cfg = Config()
-    if preset:
+    if isinstance(preset, dict):
+        _apply_mapping(cfg, preset, "the run's settings")
+    elif preset:
         _apply_mapping(cfg, load_preset(preset), f"preset {preset}")
     if isinstance(overrides, dict):
         for k, v in overrides.items():

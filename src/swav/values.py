@@ -151,10 +151,13 @@ class InputFolder(Kind):
 
 @dataclass(frozen=True)
 class Split(Kind):
-    """The name of a split of the data (a sub-folder, a dataset's train / test); the command
-    refuses a name the data does not have."""
+    """The name of a split of the data (a sub-folder, a dataset's train / test), or empty for
+    every image; the command refuses a name the data does not have."""
 
     what: str = "split name"
+
+    def __call__(self, text: str) -> str:
+        return text.strip()
 
 
 @dataclass(frozen=True)

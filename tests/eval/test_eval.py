@@ -3,6 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from swav.errors import UsageError
 from swav.eval.clustering import cluster_metrics, hungarian_accuracy
 from swav.eval.knn import knn_accuracy, knn_predict
 from swav.eval.linear import carve_validation, linear_probe_features
@@ -41,7 +42,23 @@ def test_knn_matches_brute_force():
         sims.sort(key=lambda s: -s[0])
         for s, c in sims[:k]:
             expected[i, c] += np.exp(s / t)
-    assert torch.allclose(got, expected, rtol=1e-4)
+    # the weights are relative to each sample's nearest neighbour: the same votes up to a
+    # factor per test sample
+    share = expected / expected.sum(1, keepdim=True)
+    assert torch.allclose(got / got.sum(1, keepdim=True), share, rtol=1e-4)
+
+
+def test_knn_small_temperatures_give_the_nearest_neighbour_not_nan():
+    g = torch.Generator().manual_seed(1)
+    xtr, ytr = torch.randn(200, 8, generator=g), torch.randint(0, 4, (200,), generator=g)
+    xte, yte = torch.randn(50, 8, generator=g), torch.randint(0, 4, (50,), generator=g)
+    tiny = knn_predict(xtr, ytr, xte, ks=(20,), temperature=1e-4, n_classes=4)[20]
+    assert torch.isfinite(tiny).all()
+    one = knn_predict(xtr, ytr, xte, ks=(1,), temperature=0.07, n_classes=4)[1]
+    assert torch.equal(tiny.argmax(1), one.argmax(1))  # exp(-large) ~ 0: the nearest decides
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(UsageError, match="temperature"):
+            knn_accuracy(xtr, ytr, xte, yte, ks=(5,), temperature=bad)
 
 
 def test_linear_probe_learns_easy_task():

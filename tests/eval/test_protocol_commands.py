@@ -82,7 +82,7 @@ def test_results_are_strict_json(run_dir, tmp_path):
 @pytest.mark.parametrize(
     "argv,words",
     [
-        (["eval", "knn", "--k", "0"], "at least 1"),
+        (["eval", "knn", "--k", "0"], "is not a whole number from 1"),
         (["eval", "knn", "--k", "5000"], "more than the 120 training images"),
         (["eval", "knn", "--data", "{folder}"], "no 'train' sub-folder"),
         (["embed", "{folder}", "--out", "{tmp}/x.csv"], ".npy or .parquet"),

@@ -13,6 +13,7 @@ from swav.config import build_config, describe_options, preset_summary, presets
 from swav.engine.launch import resolve_launch
 from swav.engine.recipe import suggest_recipe
 from swav.engine.run_dir import RunDir
+from swav.errors import UsageError
 
 
 def register(sub: Any) -> None:
@@ -111,19 +112,27 @@ def _options_epilog() -> str:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from swav.engine.state import settings_of_run
     from swav.engine.train import pretrain
 
     overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.source={args.data}")
-    if args.run_dir:
-        overrides.append(f"run_dir={args.run_dir}")
-    preset = args.preset
-    given = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
-    saved = RunDir.of(given["run_dir"]).config if "run_dir" in given else None
-    if preset is None and "data.source" not in given and saved is not None and saved.is_file():
-        preset = str(saved)  # an existing run: its own settings, then the overrides
-        print(f"settings from {saved} (change any value with key=value)")
+    given = {o.split("=", 1)[0].strip(): o.split("=", 1)[1] for o in overrides if "=" in o}
+    for flag, key, value in (
+        ("--data", "data.source", args.data),
+        ("--run-dir", "run_dir", args.run_dir),
+    ):
+        if value and key in given and given[key] != value:
+            raise UsageError(
+                f"{flag} {value} and {key}={given[key]} name two different values: give one"
+            )
+        if value:
+            overrides.append(f"{key}={value}")
+            given[key] = value
+    preset: str | dict[str, Any] | None = args.preset
+    run_settings = settings_of_run(RunDir.of(given["run_dir"])) if "run_dir" in given else None
+    if preset is None and "data.source" not in given and run_settings is not None:
+        preset = run_settings  # an existing run: its own settings, then the overrides
+        print(f"settings from {given['run_dir']} (change any value with key=value)")
     elif preset is None and "data.source" not in given:
         preset = "demo"  # nothing given: the offline recipe on the embedded digits
     elif preset is None:  # data but no preset: settings chosen from the data and the machine
@@ -151,7 +160,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     health = "healthy" if result.healthy else "COLLAPSED (see the warnings above)"
     recovered = f", recovered from collapse {len(result.recoveries)}x" if result.recoveries else ""
     print(
-        f"{state}: {result.epochs_done} epochs, last loss {result.last_loss:.4f}; "
+        f"{state}: {result.epochs_done} epochs, loss {result.last_loss:.4f} (mean of the last "
+        "epoch); "
         f"model {health}{recovered}"
     )
     if result.corrupt:

@@ -8,6 +8,7 @@ an uninterrupted run would have seen. Images that fail to decode are skipped and
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,6 +233,18 @@ def collate_crops(
     return crops, labels, indices, bad
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A loader worker's first act: leave SIGINT and SIGTERM to the main process.
+
+    torchrun signals each rank's whole process group, SLURM every process of a step, and a
+    terminal every process in the foreground. A worker that died of that signal would take
+    with it the batch the main process needs to reach the end of its iteration and save
+    (``DataLoader worker ... killed by signal``), so the run would stop with nothing saved.
+    The workers end when the main process ends its loader, or when it dies (they watch it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(
     dataset: MultiCropDataset,
     sampler: EpochSampler,
@@ -249,4 +262,5 @@ def make_loader(
         drop_last=False,  # the sampler yields whole batches (a resumed epoch: its last too)
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=ignore_stop_signals,
     )

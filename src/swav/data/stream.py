@@ -34,7 +34,7 @@ from typing import IO, Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from swav.data.loader import Corrupt, collate_crops, sample_seed
+from swav.data.loader import Corrupt, collate_crops, ignore_stop_signals, sample_seed
 from swav.data.multicrop import MultiCrop
 from swav.data.sources import DataError, _is_image, load_rgb
 
@@ -266,4 +266,5 @@ def make_stream_loader(
         collate_fn=collate_crops,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
+        worker_init_fn=ignore_stop_signals,
     )

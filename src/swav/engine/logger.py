@@ -98,6 +98,10 @@ class TrainLogger:
         self.writer = MetricsWriter(run, enabled)
         self.usage = torch.zeros(n_prototypes[0], device=device)
         self.last_loss = float("nan")
+        """The loss of the last iteration flushed."""
+        self.epoch_loss = float("nan")
+        """The mean loss of the last epoch that ended (what epoch records and lines show)."""
+        self._epoch_sum, self._epoch_count = 0.0, 0
         self._pending: list[tuple[int, Tensor, float]] = []
         self._codes: Tensor | None = None
         self._spread: Tensor | None = None
@@ -108,7 +112,18 @@ class TrainLogger:
         self._window_start, self._window_images = time.perf_counter(), 0
 
     def start_epoch(self, epoch: int, first_batch: int) -> None:
+        """Begin (or, from ``first_batch`` on, resume) an epoch. A resumed epoch's mean loss
+        counts the iterations before the checkpoint from their records in ``metrics.jsonl``."""
         self._epoch, self._corrupt_in_epoch = epoch, 0
+        self._epoch_sum, self._epoch_count = 0.0, 0
+        if first_batch and self.enabled:
+            start, resume = epoch * self.iters, epoch * self.iters + first_batch
+            losses = {
+                r["iteration"]: r["loss"]  # the last record of an iteration (after a rewind)
+                for r in self.run.read_metrics()
+                if "kind" not in r and start <= r.get("iteration", -1) < resume
+            }
+            self._epoch_sum, self._epoch_count = float(sum(losses.values())), len(losses)
         self.usage.zero_()
         self._window_start, self._window_images = time.perf_counter(), 0
         if self.progress:
@@ -200,6 +215,8 @@ class TrainLogger:
                 raise NonFiniteLossError(_non_finite_message(v, it, self._epoch, checkpoint_hint))
             self.writer.write({"iteration": it, "epoch": self._epoch + 1, "loss": v, "lr": lr})
         losses = [(it, v) for (it, _, _), v in zip(pending, values)]
+        self._epoch_sum += float(sum(values))
+        self._epoch_count += len(values)
         collapse = self.monitor.observe(losses, entropy, spread, queue_active)
         elapsed = max(time.perf_counter() - self._window_start, 1e-9)
         images_per_s = self._window_images / elapsed
@@ -242,6 +259,8 @@ class TrainLogger:
             dist.all_reduce(self.usage)
         used = int((self.usage > 0).sum())
         epoch = self._epoch + 1
+        if self._epoch_count:
+            self.epoch_loss = self._epoch_sum / self._epoch_count
         if self._corrupt_in_epoch:
             log.warning(
                 "epoch %d: skipped %d unreadable images (%d in all); see "
@@ -255,7 +274,8 @@ class TrainLogger:
                 "kind": "epoch",
                 "epoch": epoch,
                 "iteration": epoch * self.iters,
-                "loss": self.last_loss,
+                "loss": self.epoch_loss,
+                "last_loss": self.last_loss,
                 "prototypes_used": used,
                 "corrupt_images": self._corrupt_in_epoch,
                 "queue": queue_active,
@@ -265,10 +285,10 @@ class TrainLogger:
         self.writer.flush()
         if self.enabled:
             log.info(
-                "epoch %d/%d  loss %.4f  prototypes used %d/%d",
+                "epoch %d/%d  loss %.4f (mean of the epoch)  prototypes used %d/%d",
                 epoch,
                 self.epochs,
-                self.last_loss,
+                self.epoch_loss,
                 used,
                 self.n_prototypes[0],
             )

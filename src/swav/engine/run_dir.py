@@ -8,8 +8,14 @@ JSON result per evaluation protocol), and what the demo and the report write.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
+import socket
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,11 @@ class RunDir:
         """The last checkpoint written while the run's health signals were good (what a
         collapsed run recovers from)."""
         return self.path / "checkpoint_healthy.pt"
+
+    @property
+    def lock_file(self) -> Path:
+        """Names the process training in this directory (``RunLock``)."""
+        return self.path / "run.lock"
 
     @property
     def config(self) -> Path:
@@ -194,6 +205,94 @@ def guard_output(
         )
     check_writable_dir(path if folder else path.parent, what if folder else f"{what} folder")
     return path
+
+
+class RunLockedError(UsageError):
+    """Another process is training in the run directory."""
+
+
+class RunLock:
+    """The run directory's lock, held by the process that trains in it (rank 0 of a
+    distributed run) from before anything is read or written until the run ends.
+
+    An advisory ``flock`` on ``run.lock``, which names its holder (host, process id, start
+    time, command). The kernel releases it when the process ends in any way, so the lock of a
+    killed run is taken over at once (and the takeover logged); a second run on the same
+    directory is refused in one line naming the first. ``run.lock`` stays behind, emptied."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self._fd: int | None = None
+        self.created_dir = False
+        self.previous: dict[str, Any] | None = None
+        """The record of a holder that ended without releasing the lock (taken over)."""
+
+    def acquire(self) -> RunLock:
+        path = self.run.lock_file
+        if not self.run.path.exists():
+            self.run.path.mkdir(parents=True)
+            self.created_dir = True
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunLockedError(
+                f"{self.run.path} is in use by {describe_holder(_read_holder(path))}: wait "
+                "for that run to end (or stop it), or choose another run directory"
+            ) from None
+        self.previous = _read_holder(path)
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv)[:500],
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Empty ``run.lock`` and release it; a run directory this lock created and nothing
+        else wrote into is removed again."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # releases the flock
+        if self.created_dir and [p.name for p in self.run.path.iterdir()] == ["run.lock"]:
+            self.run.lock_file.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.run.path.rmdir()
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(path: Path) -> dict[str, Any] | None:
+    try:
+        text = path.read_text().strip()
+        record = json.loads(text) if text else None
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "another process"
+    return (
+        f"process {holder.get('pid')} on {holder.get('host')} (started {holder.get('started')}"
+        f": {holder.get('command', '')})"
+    )
 
 
 def check_writable(path: str | Path, force: bool = False) -> Path:

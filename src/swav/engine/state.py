@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from swav.config import Config
+from swav.config import Config, config_from_dict, identity_changes
 from swav.engine.checkpoint import atomic_save, safe_load
 from swav.engine.distributed import DistInfo
 from swav.engine.recovery import Adjustments
@@ -45,13 +45,59 @@ def saved_state(run: RunDir, cfg: Config, allow_config_change: bool) -> dict[str
             "training state, only weights?): training cannot resume from it; choose another "
             "run_dir, or move the file away"
         )
-    if state.get("fingerprint") != cfg.fingerprint() and not allow_config_change:
+    if state.get("fingerprint") == cfg.fingerprint():
+        return state
+    changes = _changes(state, cfg)
+    shape = [c for c in changes if c.split(":")[0] in NETWORK_SHAPE]
+    if shape:
         raise ConfigMismatchError(
-            f"{run.path} holds a checkpoint of a different configuration: choose another "
-            "run_dir, or pass --allow-config-change (allow_config_change=True) to resume "
+            f"{run.path} holds a run with another network ({', '.join(shape)}): settings that "
+            "change the network's shape cannot change on resume, even with "
+            "--allow-config-change; choose another run_dir, or leave them as they were"
+        )
+    if not allow_config_change:
+        listed = f" ({', '.join(changes[:6])}{', ...' if len(changes) > 6 else ''})"
+        raise ConfigMismatchError(
+            f"{run.path} holds a checkpoint of a different configuration"
+            f"{listed if changes else ''}: choose another run_dir, leave these settings as "
+            "they were, or pass --allow-config-change (allow_config_change=True) to resume "
             "with the new settings"
         )
     return state
+
+
+NETWORK_SHAPE = (
+    "model.arch",
+    "model.hidden_mlp",
+    "model.output_dim",
+    "model.n_prototypes",
+    "model.small_stem",
+)
+"""Settings that change the network's parameters: a checkpoint of other values cannot load."""
+
+
+def _changes(state: dict[str, Any], cfg: Config) -> list[str]:
+    """The identity settings of ``cfg`` that differ from the checkpoint's (empty when the
+    checkpoint's configuration cannot be read)."""
+    try:
+        return identity_changes(config_from_dict(state.get("config") or {}), cfg)
+    except SwAVError:
+        return []
+
+
+def settings_of_run(run: RunDir) -> dict[str, Any] | None:
+    """The settings a run directory was trained with: its ``config.yaml``, else (when that
+    file was lost) the configuration its checkpoint carries; None for a new directory."""
+    saved = run.read_config()
+    if saved is not None:
+        return saved
+    if not run.checkpoint.is_file():
+        return None
+    state = safe_load(run.checkpoint)
+    if not is_run_checkpoint(state) or not isinstance(state.get("config"), dict):
+        return None
+    log.info("%s is missing: the settings come from %s", run.config, run.checkpoint)
+    return dict(state["config"])
 
 
 def load_saved_weights(model: torch.nn.Module, state: dict[str, Any], cfg: Config) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,13 @@ from swav.engine.health import COLLAPSE_ADVICE, Collapse, CollapseError, Collaps
 from swav.engine.logger import TrainLogger
 from swav.engine.optim import build_optimizer, lr_schedule, set_lr
 from swav.engine.recovery import Adjustments, plan_recovery
-from swav.engine.run_dir import RunDir, check_writable_dir
+from swav.engine.run_dir import (
+    RunDir,
+    RunLock,
+    RunLockedError,
+    check_writable_dir,
+    describe_holder,
+)
 from swav.engine.runtime import (
     StopFlag,
     configure_determinism,
@@ -60,6 +68,8 @@ class TrainResult:
     epochs_done: int
     iterations: int
     last_loss: float
+    """The mean loss of the last epoch trained (of the last iterations, when the run stopped
+    before an epoch ended)."""
     interrupted: bool = False
     corrupt: list[str] = field(default_factory=list)
     model: SwAV | None = None
@@ -162,11 +172,51 @@ def _pretrain(
     progress: bool,
     stop_after_epoch: int | None,
 ) -> TrainResult:
-    # -- the device, and the run directory's checkpoint (refused before any data is read)
+    # -- the device, and the run directory: locked, then its checkpoint (before any data)
     device = resolve_device(cfg.train.device, info.local_rank)
     validate(cfg, world_size=info.world_size)
     run = RunDir.of(cfg.run_dir)
     check_writable_dir(run.path)
+    with _locked(run, info):
+        return _train_in(run, cfg, info, device, allow_config_change, progress, stop_after_epoch)
+
+
+@contextlib.contextmanager
+def _locked(run: RunDir, info: DistInfo) -> Iterator[None]:
+    """The run directory's lock, taken by the main process for the whole run; every process
+    is refused together when another run holds it."""
+    lock, refused = RunLock(run), None
+    if info.is_main:
+        try:
+            lock.acquire()
+        except RunLockedError as e:
+            refused = str(e)
+        if lock.previous:
+            log.warning(
+                "took over the lock of %s: that process is no longer running",
+                describe_holder(lock.previous),
+            )
+    if info.enabled:
+        box = [refused]
+        torch.distributed.broadcast_object_list(box, src=0)
+        refused = box[0]
+    if refused:
+        raise RunLockedError(refused)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _train_in(
+    run: RunDir,
+    cfg: Config,
+    info: DistInfo,
+    device: torch.device,
+    allow_config_change: bool,
+    progress: bool,
+    stop_after_epoch: int | None,
+) -> TrainResult:
     saved = saved_state(run, cfg, allow_config_change)
     if saved is not None and saved["epoch"] >= cfg.train.epochs:
         return _finished(run, cfg, saved, info, device)  # before any data is listed
@@ -189,11 +239,11 @@ def _pretrain(
         run.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config)
     t.logger = _build_logger(t, progress)
+    fill_bank(t)  # clustering methods: the memory bank's first contents
     if cfg.train.on_collapse == "recover" and not run.healthy_checkpoint.exists():
         t.state.save(run.healthy_checkpoint)  # where a collapse in the first epoch rewinds to
 
     # -- the epochs
-    fill_bank(t)  # clustering methods: the memory bank's first contents
     try:
         interrupted = _train_epochs(t, stop_after_epoch)
     except BaseException:
@@ -213,7 +263,7 @@ def _pretrain(
         run.path,
         done,
         done * t.iters,
-        t.logger.last_loss,
+        t.logger.epoch_loss if math.isfinite(t.logger.epoch_loss) else t.logger.last_loss,
         interrupted,
         t.state.corrupt,
         t.core,
@@ -452,6 +502,7 @@ def _after_collapse(t: Trainer, collapse: Collapse, epoch: int) -> None:
         )
     current = t.state.adjustments
     t.state.load_state_dict(safe_load(t.run.healthy_checkpoint))
+    fill_bank(t)  # a healthy state saved before the bank was filled: fill it again
     restart = t.state.epoch * t.iters + t.state.next_batch
     adjusted, changes = plan_recovery(
         collapse,
