@@ -25,8 +25,17 @@ def _weights(weights, ignore=(), progress=True):
 
         target = Path(get_dir()) / "checkpoints" / Path(weights).name
         if not target.exists():
+            from swav.interop.checkpoints import CheckpointError
+
             target.parent.mkdir(parents=True, exist_ok=True)
-            download_url_to_file(weights, str(target), progress=progress)
+            try:
+                download_url_to_file(weights, str(target), progress=progress)
+            except OSError as e:  # URLError and friends: offline, a proxy, a wrong address
+                reason = getattr(e, "reason", None) or e
+                raise CheckpointError(
+                    f"could not download {weights} ({reason}): without internet, fetch the file "
+                    "on another machine and pass its local path as weights="
+                ) from e
         weights = str(target)
     return load_checkpoint(weights, ignore=ignore, download=True)
 

@@ -21,7 +21,8 @@ def files(tmp_path_factory):
     """A finished tiny run, an exported backbone, good and bad images and archives."""
     d = tmp_path_factory.mktemp("errors")
     pretrain(build_config(None, tiny_overrides(d / "run", **{"train.epochs": 1})), progress=False)
-    assert main(["export", "--checkpoint", str(d / "run"), "--out", str(d / "backbone.pth")]) == 0
+    export = ["export", "--checkpoint", str(d / "run"), "--format", "safetensors"]
+    assert main([*export, "--out", str(d / "backbone.safetensors")]) == 0
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
         (d / "labelled" / c).mkdir(parents=True)
@@ -113,11 +114,11 @@ CASES = {
         "1 of 1 images could not be read",
     ),
     "assign with a backbone-only checkpoint": (
-        ["assign", "{d}/flat/0.png", "--checkpoint", "{d}/backbone.pth"],
+        ["assign", "{d}/flat/0.png", "--checkpoint", "{d}/backbone.safetensors"],
         "no prototypes",
     ),
     "eval cluster with a backbone-only checkpoint": (
-        ["eval", "cluster", "--checkpoint", "{d}/backbone.pth", "--data", "digits"],
+        ["eval", "cluster", "--checkpoint", "{d}/backbone.safetensors", "--data", "digits"],
         "no prototypes",
     ),
     "eval knn on a folder without classes": (

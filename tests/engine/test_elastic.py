@@ -77,8 +77,25 @@ def test_the_queue_is_dealt_out_again():
             assert me.queue.active  # it was full, it stays full
         assert torch.equal(torch.cat(got, dim=1), whole)  # every saved embedding, once
     odd = SimpleNamespace(queue=FeatureQueue(2, 5, dim), dist=SimpleNamespace(world_size=1, rank=0))
-    RunState._load_queue(odd, dict(state))  # cannot be dealt out: emptied, never a crash
-    assert not odd.queue.active and int(odd.queue.filled) == 0
+    RunState._load_queue(odd, dict(state))  # a shorter queue: the newest 5 kept, never a crash
+    assert odd.queue.active and torch.equal(odd.queue.embeddings, saved[0][:, :5])
+
+
+def test_a_partly_filled_queue_keeps_only_its_embeddings_on_another_world_size():
+    length, dim, filled = 4, 3, 3
+    saved = torch.rand(2, 2, length, dim) + 1  # no real embedding is all zeros
+    saved[:, :, filled:] = 0  # each rank's queue fills from the front
+    state = {"embeddings": saved[0], "filled": torch.tensor(filled), "per_rank": saved}
+    one = SimpleNamespace(
+        queue=FeatureQueue(2, 2 * length, dim), dist=SimpleNamespace(world_size=1, rank=0)
+    )
+    RunState._load_queue(one, dict(state))
+    q = one.queue
+    assert int(q.filled) == 2 * filled and not q.active  # 6 of 8: not full
+    rows = q.embeddings[:, : 2 * filled]
+    assert (rows.abs().sum(-1) > 0).all(), "an empty slot counted as an embedding"
+    expect = torch.cat([saved[0][:, :filled], saved[1][:, :filled]], dim=1)
+    assert torch.equal(rows, expect)
 
 
 def test_two_processes_stopped_mid_epoch_resume_on_one(tmp_path):

@@ -147,13 +147,13 @@ def test_outputs_are_never_overwritten_without_force(tmp_path, capsys):
     run = tmp_path / "run"
     pretrain(build_config(None, tiny_overrides(run, **{"train.epochs": 1})), progress=False)
     before = (run / "checkpoint.pt").read_bytes()
-    export = ["export", "--checkpoint", str(run), "--format", "torchvision"]
+    export = ["export", "--checkpoint", str(run), "--format", "safetensors"]
     # a run's own checkpoint: never, even with --force
     for extra in ([], ["--force"]):
         assert main([*export, "--out", str(run / "checkpoint.pt"), *extra]) == 2
-        assert "run's own checkpoint" in capsys.readouterr().err
+        assert "run's own file" in capsys.readouterr().err
     assert (run / "checkpoint.pt").read_bytes() == before
-    out = tmp_path / "rn.pth"
+    out = tmp_path / "rn.safetensors"
     assert main([*export, "--out", str(out)]) == 0
     first = out.read_bytes()
     assert main([*export, "--out", str(out)]) == 2 and "--force" in capsys.readouterr().err

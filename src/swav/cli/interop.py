@@ -9,6 +9,7 @@ from typing import Any
 from swav.cli.common import batch_options, checkpoint_options, progress_options, size_options
 from swav.cli.kinds import COUNT, InputFile, OutputFile, Reference, Split
 from swav.engine.run_dir import check_writable
+from swav.errors import UsageError
 from swav.interop.checkpoints import CheckpointError, load_checkpoint, load_linear_head
 from swav.interop.export import FORMATS, export_model
 
@@ -151,12 +152,26 @@ def _predict(args: argparse.Namespace) -> int:
     head.check(loaded.model)  # a head of another width is refused before the images are read
     classes = None
     if args.classes:
-        classes = [c.strip() for c in Path(args.classes).read_text().splitlines() if c.strip()]
+        classes = read_class_names(args.classes, head.out_features)
     bad: list[str] = []
     for paths, x in image_batches(args.images, loaded.eval_transform(args.size), bad):
         for img, row in zip(paths, classify(loaded.model, head, x, classes, args.topk)):
             print(img + "\t" + "\t".join(f"{c} {p:.3f}" for c, p in row), flush=True)
     return _report_unreadable(bad, len(args.images))
+
+
+def read_class_names(path: str, n_classes: int) -> list[str]:
+    """One class name per line, as many as the classifier has classes."""
+    try:
+        names = [c.strip() for c in Path(path).read_text().splitlines() if c.strip()]
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--classes {path} is not a text file ({e.reason})") from None
+    if len(names) != n_classes:
+        raise UsageError(
+            f"--classes {path} names {len(names)} classes, the classifier has {n_classes}: give "
+            "one name per line for each class, in the classifier's order"
+        )
+    return names
 
 
 def _assign(args: argparse.Namespace) -> int:

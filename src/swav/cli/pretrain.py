@@ -8,7 +8,7 @@ import textwrap
 from typing import Any
 
 from swav.cli.common import progress_options
-from swav.cli.kinds import COUNT, OutputFolder, Override, Reference, Split
+from swav.cli.kinds import COUNT, SEED, OutputFolder, Override, Reference, Split
 from swav.config import build_config, describe_options, preset_summary, presets
 from swav.engine.launch import resolve_launch
 from swav.engine.recipe import suggest_recipe
@@ -97,6 +97,16 @@ def register(sub: Any) -> None:
         "--split", default="", type=Split(), help="split of the source (default: every image)"
     )
     sh.add_argument("--shard-size", type=COUNT, default=10_000, help="images per shard (10000)")
+    sh.add_argument(
+        "--seed",
+        type=SEED,
+        default=0,
+        help="the random order the images are packed in (default: 0); a stream reads shard "
+        "after shard, so packing in listing order (by class) would give batches of few classes",
+    )
+    sh.add_argument(
+        "--keep-order", action="store_true", help="pack in the listing's order (not shuffled)"
+    )
     sh.set_defaults(func=_shards)
 
 
@@ -209,8 +219,10 @@ def _shards(args: argparse.Namespace) -> int:
     from swav.data.sources import open_source
 
     source = open_source(args.source, args.split, strict=True)
-    index = pack_shards(source, args.out, args.shard_size)
+    seed = None if args.keep_order else args.seed
+    index = pack_shards(source, args.out, args.shard_size, seed)
     shards = -(-len(source) // args.shard_size)
-    print(f"{len(source)} images in {shards} shards; index {index}")
+    order = "in listing order" if seed is None else f"shuffled with seed {seed}"
+    print(f"{len(source)} images in {shards} shards, {order}; index {index}")
     print(f"train on them with data.source={args.out}")
     return 0

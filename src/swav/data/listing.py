@@ -32,6 +32,8 @@ from typing import Any, overload
 
 import numpy as np
 
+from swav.errors import UsageError
+
 log = logging.getLogger(__name__)
 
 FORMAT = 1
@@ -44,7 +46,13 @@ def cache_root() -> Path | None:
     value = os.environ.get(CACHE_ENV, "~/.cache/swav")
     if value.strip().lower() in ("", "off", "0", "false", "no"):
         return None
-    return Path(value).expanduser() / "listings"
+    root = Path(value).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UsageError(
+            f"{CACHE_ENV}={value} is a file: point it to a folder for the listing cache, or set "
+            f"{CACHE_ENV}=off"
+        )
+    return root / "listings"
 
 
 class PackedStrings(Sequence[str]):
@@ -291,10 +299,13 @@ class CacheEntry:
 
 
 def tree_size(path: Path) -> int:
-    """Bytes in the file ``path``, or in every file under the folder ``path``."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    """Bytes in the file ``path``, or in every file under the folder ``path`` (files that
+    another process removes meanwhile count 0)."""
+    total = 0
+    for f in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        with contextlib.suppress(OSError):
+            total += f.stat().st_size if f.is_file() else 0
+    return total
 
 
 def size_text(n: float) -> str:
@@ -334,38 +345,48 @@ def cache_entries(root: Path | None = None) -> list[CacheEntry]:
     for p in sorted(root.iterdir()):
         if p.suffix in (".lock", ".json"):
             continue
-        size = tree_size(p)
-        if ".tmp" in p.name:
-            idle = time.time() - p.stat().st_mtime
-            why = "a stopped process left it half-written" if idle > UNFINISHED_AFTER_S else ""
-            entries.append(CacheEntry(p, "unfinished", None, "", size, why))
-        elif p.is_dir():
-            try:
-                meta = json.loads((p / "meta.json").read_text())
-            except (OSError, ValueError):
-                entries.append(CacheEntry(p, "unreadable", None, "", size, "it cannot be read"))
-                continue
-            archive = (p / "member_offsets.npy").exists()
-            source = meta.get("source", None if archive else meta.get("root"))
-            why = _staleness(source, meta.get("signature")) if source else OLDER
-            if archive and not why and not Path(str(meta.get("root"))).is_file():
-                why = "the archive copy it reads is gone"
-            if not why:
-                read.add(str(meta.get("root")))
-            kind = f"{'archive' if archive else 'folder'} listing"
-            entries.append(CacheEntry(p, kind, source, meta.get("split", ""), size, why))
-        elif p.suffix == ".tar":
-            try:
-                note = json.loads(p.with_suffix(".json").read_text())
-            except (OSError, ValueError):
-                note = {}
-            source = note.get("source")
-            why = _staleness(source, note.get("signature")) if source else OLDER
-            entries.append(CacheEntry(p, "decompressed archive", source, "", size, why))
+        try:
+            entry = _entry(p, read)
+        except FileNotFoundError:  # renamed or removed by a process writing the cache
+            continue
+        if entry is not None:
+            entries.append(entry)
     for e in entries:  # a copy without a note is kept while a current listing reads it
         if e.kind == "decompressed archive" and e.source is None and str(e.path) in read:
             e.stale = ""
     return sorted(entries, key=lambda e: -e.size)
+
+
+def _entry(p: Path, read: set[str]) -> CacheEntry | None:
+    """The cache entry at ``p``; the archive copies a current listing reads go into ``read``."""
+    size = tree_size(p)
+    if ".tmp" in p.name:
+        idle = time.time() - p.stat().st_mtime
+        why = "a stopped process left it half-written" if idle > UNFINISHED_AFTER_S else ""
+        return CacheEntry(p, "unfinished", None, "", size, why)
+    if p.is_dir():
+        try:
+            meta = json.loads((p / "meta.json").read_text())
+        except (OSError, ValueError):
+            return CacheEntry(p, "unreadable", None, "", size, "it cannot be read")
+        archive = (p / "member_offsets.npy").exists()
+        source = meta.get("source", None if archive else meta.get("root"))
+        why = _staleness(source, meta.get("signature")) if source else OLDER
+        if archive and not why and not Path(str(meta.get("root"))).is_file():
+            why = "the archive copy it reads is gone"
+        if not why:
+            read.add(str(meta.get("root")))
+        kind = f"{'archive' if archive else 'folder'} listing"
+        return CacheEntry(p, kind, source, meta.get("split", ""), size, why)
+    if p.suffix == ".tar":
+        try:
+            note = json.loads(p.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            note = {}
+        source = note.get("source")
+        why = _staleness(source, note.get("signature")) if source else OLDER
+        return CacheEntry(p, "decompressed archive", source, "", size, why)
+    return None
 
 
 def _remove(path: Path) -> None:

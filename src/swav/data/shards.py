@@ -53,9 +53,16 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> tuple[int, int]:
     return tf.offset - padded, len(data)
 
 
-def pack_shards(source: ImageSource, out: str | Path, shard_size: int = 10_000) -> Path:
+def pack_shards(
+    source: ImageSource, out: str | Path, shard_size: int = 10_000, seed: int | None = 0
+) -> Path:
     """Write ``source`` as shards of ``shard_size`` images into the folder ``out`` (which must
-    not hold a shard set yet), with its ``index.json``. Returns the index's path."""
+    not hold a shard set yet), with its ``index.json``. Returns the index's path.
+
+    The images are packed in a random order drawn from ``seed`` (None: the listing order).
+    A listing is ordered by class folder, and a stream reads shard after shard: packed in that
+    order, a batch would hold two or three classes, and SwAV's equal partition of each batch
+    would split those few classes instead of the data."""
     if shard_size < 1:
         raise DataError(f"--shard-size must be at least 1, got {shard_size}")
     out = Path(out)
@@ -63,12 +70,16 @@ def pack_shards(source: ImageSource, out: str | Path, shard_size: int = 10_000) 
         raise DataError(f"{out} already holds a shard set: choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     names, shards = source.item_names(), list[dict[str, Any]]()
+    order = np.arange(len(source))
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(len(source))
     for start in range(0, len(source), shard_size):
         path = out / f"shard-{len(shards):06d}.tar"
         members = []
         with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:
-            for i in range(start, min(start + shard_size, len(source))):
-                key = f"{i:09d}"
+            for position in range(start, min(start + shard_size, len(source))):
+                i = int(order[position])
+                key = f"{position:09d}"
                 data, ext = _encoded(source, i)
                 offset, size = _add(tf, key + ext, data)
                 label = int(source.labels[i])
@@ -113,23 +124,40 @@ def _expand(spec: str) -> list[Path]:
 def _scan(path: Path) -> list[list[Any]]:
     """The members of one shard without an index (headers only: nothing is decompressed)."""
     by_key: dict[str, dict[str, Any]] = {}
-    with tarfile.open(path, "r:") as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.rpartition(".")
-            entry = by_key.setdefault(key, {})
-            if _is_image(m.name):
-                entry["image"] = [m.name, m.offset_data, m.size]
-            elif ext == "cls":
-                f = tf.extractfile(m)
-                entry["label"] = int(f.read().decode().strip()) if f else -1
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                key, _, ext = m.name.rpartition(".")
+                entry = by_key.setdefault(key, {})
+                if _is_image(m.name):
+                    entry["image"] = [m.name, m.offset_data, m.size]
+                elif ext == "cls":
+                    f = tf.extractfile(m)
+                    entry["label"] = int(f.read().decode().strip()) if f else -1
+    except (tarfile.TarError, EOFError, ValueError) as e:
+        raise DataError(f"shard {path} is damaged ({e}): copy or pack it again") from e
     out = []
     for key in sorted(by_key):
         e = by_key[key]
         if "image" in e:
             out.append([*e["image"], e.get("label", -1), e["image"][0]])
     return out
+
+
+def _check_complete(path: Path, members: list[list[Any]]) -> None:
+    """Refuse a shard that is missing or shorter than its index says (a copy cut short), at
+    open rather than image by image while training."""
+    if not path.is_file():
+        raise DataError(f"shard {path} is missing (listed in its index.json): copy it again")
+    end = max((int(m[1]) + int(m[2]) for m in members), default=0)
+    size = path.stat().st_size
+    if size < end:
+        raise DataError(
+            f"shard {path} is truncated ({size} bytes; its index needs {end}): copy or pack it "
+            "again"
+        )
 
 
 def shard_source(source: str) -> ImageSource:
@@ -146,6 +174,7 @@ def shard_source(source: str) -> ImageSource:
             raise DataError(f"{p / INDEX} is not a swav shard index ({index.get('format')})")
         classes = list(index.get("classes", []))
         for shard in index["shards"]:
+            _check_complete(p / shard["file"], shard["members"])
             entries += [(p / shard["file"], m) for m in shard["members"]]
     else:
         for path in _expand(source):

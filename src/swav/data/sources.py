@@ -153,6 +153,17 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _entry_is(entry: os.DirEntry[str], kind: str) -> bool:
+    """``entry.is_file()`` / ``is_dir()``, False for an entry that cannot be followed (a
+    symbolic link in a loop, or to where this user may not look): skipped with a warning
+    instead of ending the listing."""
+    try:
+        return entry.is_file() if kind == "file" else entry.is_dir()
+    except OSError as e:
+        log.warning("skipped %s: %s", entry.path, e.strerror or e)
+        return False
+
+
 def _walk_images(top: str, dirs: dict[str, int]) -> list[str]:
     """The image files under ``top`` at any depth, as sorted paths relative to it; every
     directory met is recorded in ``dirs`` with its modification time. Symbolic links to
@@ -167,7 +178,7 @@ def _walk_images(top: str, dirs: dict[str, int]) -> list[str]:
                 name = os.path.join(rel, e.name) if rel else e.name
                 if e.is_dir(follow_symlinks=False):
                     stack.append(name)
-                elif _is_image(e.name) and e.is_file():
+                elif _is_image(e.name) and _entry_is(e, "file"):
                     found.append(name)
     return sorted(found)
 
@@ -178,8 +189,8 @@ def _list_folder(root: Path) -> Listing:
     top = str(root)
     with os.scandir(top) as entries:
         children = list(entries)
-    subdirs = sorted(e.name for e in children if e.is_dir() and not e.name.startswith("."))
-    direct = any(e.is_file() and _is_image(e.name) for e in children)
+    subdirs = sorted(e.name for e in children if not e.name.startswith(".") and _entry_is(e, "dir"))
+    direct = any(_is_image(e.name) and _entry_is(e, "file") for e in children)
     dirs: dict[str, int] = {}
     names: list[str] = []
     labels: list[int] = []

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from swav.engine.launch import resolve_launch
+from swav.errors import SwAVError
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,35 @@ def init_distributed(device: torch.device) -> DistInfo:
     return info
 
 
-def shutdown(info: DistInfo) -> None:
-    """Leave the process group cleanly (a process that exits with Gloo threads alive aborts)."""
+def shutdown(info: DistInfo, clean: bool = True) -> None:
+    """Leave the process group cleanly (a process that exits with Gloo threads alive aborts);
+    after a lost peer (``clean=False``) without waiting for the others at a barrier."""
     if info.owned and dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+class PeerLostError(SwAVError, RuntimeError):
+    """Another process of a distributed run stopped (killed, out of memory, its node lost)."""
+
+
+_PEER_FAILURE_WORDS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "Socket Timeout",
+    "timed out",
+    "NCCL communicator was aborted",
+)
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that failed because another process is gone."""
+    backend_error = getattr(dist, "DistBackendError", None)
+    if backend_error is not None and isinstance(error, backend_error):
+        return True
+    return isinstance(error, RuntimeError) and any(w in str(error) for w in _PEER_FAILURE_WORDS)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

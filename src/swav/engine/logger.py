@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import IO, Any
 
 import torch
@@ -255,8 +256,11 @@ class TrainLogger:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        if self.distributed:  # prototypes used by any process's images
+        if self.distributed:  # prototypes used by any process's images, images every one skipped
             dist.all_reduce(self.usage)
+            skipped = torch.tensor([float(self._corrupt_in_epoch)], device=self.usage.device)
+            dist.all_reduce(skipped)
+            self._corrupt_in_epoch = int(skipped.item())
         used = int((self.usage > 0).sum())
         epoch = self._epoch + 1
         if self._epoch_count:
@@ -310,9 +314,14 @@ def run_eta(iterations_left: int, seconds_per_iteration: float) -> str:
 
 
 def _non_finite_message(value: float, iteration: int, epoch: int, checkpoint: str) -> str:
+    kept = (
+        f"the last good checkpoint ({checkpoint}) is intact"
+        if Path(checkpoint).is_file()
+        else "no checkpoint had been written yet"
+    )
     return (
         f"the loss became {value} at iteration {iteration} (epoch {epoch + 1}); training stopped "
-        f"and the last good checkpoint ({checkpoint}) is intact. Usual causes: a learning rate "
+        f"and {kept}. Usual causes: a learning rate "
         "too high for the batch size (try optim.base_lr lower or a longer warmup), fp16 "
         "overflow (try train.precision=bf16 or fp32), or broken input data."
     )

@@ -171,7 +171,7 @@ class RunState:
             "rng": rng_state(),
             "config": self.cfg.to_dict(),
             "fingerprint": self.cfg.fingerprint(),
-            "corrupt": self.corrupt,
+            "corrupt": self._all_corrupt(),
             "objective": self._objective_state(),
             "recovery": self.adjustments.state_dict(),
         }
@@ -207,6 +207,15 @@ class RunState:
         state = self.state_dict()
         if self.dist.is_main:
             atomic_save(state, path)
+
+    def _all_corrupt(self) -> list[str]:
+        """The unreadable images every process met (each reads its own share of the data),
+        once each; kept on every process, so that later saves keep them too."""
+        if self.dist.enabled:
+            lists: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(lists, self.corrupt)
+            self.corrupt = list(dict.fromkeys(name for part in lists for name in part or []))
+        return list(self.corrupt)
 
     def _objective_state(self) -> dict[str, Any] | None:
         """The objective's own state; with several processes, every process's memory bank
@@ -253,23 +262,24 @@ class RunState:
             q["embeddings"] = saved[self.dist.rank]
             self.queue.load_state_dict(q)
             return
-        whole = torch.cat(list(saved), dim=1)  # crops x (all processes' slots) x dim
-        mine = whole.shape[1] // self.dist.world_size
-        if mine != self.queue.length:
+        # the filled rows of every saved queue (each fills from the front), dealt out again:
+        # empty slots never count as embeddings
+        filled = min(int(q["filled"]), saved.shape[2])
+        real = torch.cat([part[:, :filled] for part in saved], dim=1)
+        length = self.queue.length
+        mine = min(length, real.shape[1] // self.dist.world_size)
+        if mine < real.shape[1] // self.dist.world_size:
             log.warning(
-                "the saved queue (%d embeddings) does not divide into %d queues of %d: it is "
-                "emptied and fills again",
-                whole.shape[1],
+                "the saved queue holds %d embeddings, more than %d queues of %d: the oldest are "
+                "left out",
+                real.shape[1],
                 self.dist.world_size,
-                self.queue.length,
+                length,
             )
-            self.queue.reset()
-            return
-        filled = int(q["filled"]) * saved.shape[0] // self.dist.world_size
-        part = whole[:, self.dist.rank * mine : (self.dist.rank + 1) * mine]
-        self.queue.load_state_dict(
-            {"embeddings": part.contiguous(), "filled": torch.tensor(min(filled, mine))}
-        )
+        embeddings = torch.zeros_like(self.queue.embeddings, device="cpu")
+        start = self.dist.rank * mine
+        embeddings[:, :mine] = real[:, start : start + mine]
+        self.queue.load_state_dict({"embeddings": embeddings, "filled": torch.tensor(mine)})
 
     def _queue_state(self) -> dict[str, Any] | None:
         if self.queue is None:

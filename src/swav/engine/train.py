@@ -30,7 +30,14 @@ from swav.data.stream import StreamDataset
 from swav.engine.checkpoint import keep_copy, safe_load
 from swav.engine.clustering import fill_bank, make_objective, start_epoch
 from swav.engine.curves import plot_loss_curve
-from swav.engine.distributed import DistInfo, any_rank, init_distributed, shutdown
+from swav.engine.distributed import (
+    DistInfo,
+    PeerLostError,
+    any_rank,
+    init_distributed,
+    is_peer_failure,
+    shutdown,
+)
 from swav.engine.global_bn import bn_group, convert_global_bn
 from swav.engine.health import COLLAPSE_ADVICE, Collapse, CollapseError, CollapseMonitor
 from swav.engine.logger import TrainLogger
@@ -157,12 +164,21 @@ def pretrain(
     """
     validate(cfg)
     info = init_distributed(resolve_device(cfg.train.device))
-    threads = torch.get_num_threads()
+    threads, clean = torch.get_num_threads(), True
     try:
         return _pretrain(cfg, info, allow_config_change, progress, stop_after_epoch)
+    except Exception as e:
+        if info.enabled and is_peer_failure(e):
+            clean = False
+            raise PeerLostError(
+                f"process {info.rank} of {info.world_size}: another process of the run stopped "
+                f"({' '.join(str(e).split())[:160]}); {RunDir.of(cfg.run_dir).checkpoint} holds "
+                "the last complete checkpoint: run the same command again to resume"
+            ) from e
+        raise
     finally:
         torch.set_num_threads(threads)  # the caller's, as it was
-        shutdown(info)
+        shutdown(info, clean)
 
 
 def _pretrain(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from swav.eval.semisup import balanced_subset, finetune, subset_from_file
 from swav.interop.checkpoints import CheckpointError
 from swav.model.features import extract_stage_features
 from swav.values import EPOCHS, LEARNING_RATE, InputFile, Range, non_negative, positive, whole
+
+log = logging.getLogger(__name__)
 
 
 def _opt(default: Any, help: str, kind: Any = None) -> Any:
@@ -96,7 +99,12 @@ Outcome = tuple[dict[str, Any], dict[str, Any]]
 def _knn(req: EvalRequest, s: KnnSettings) -> Outcome:
     if not s.k or min(s.k) < 1:
         raise UsageError(f"knn: every k must be at least 1, got {s.k}")
-    if max(s.k) > len(req.train):
+    n = len(req.train)
+    if max(s.k) > n and s.k == KnnSettings().k:  # the defaults, on a small training split
+        kept = [k for k in s.k if k <= n] or [n]
+        log.warning("knn: %d training images: k = %s (the defaults above %d left out)", n, kept, n)
+        s = dataclasses.replace(s, k=kept)
+    if max(s.k) > n:
         raise UsageError(
             f"knn: k={max(s.k)} is more than the {len(req.train)} training images; "
             "use a smaller --k or more data"

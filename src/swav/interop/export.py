@@ -34,6 +34,38 @@ def backbone_state_dict(model: SwAV) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
 
 
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+"""The backbones torchvision, timm and Detectron2 build with the same parameter names."""
+
+
+def check_standard_resnet(model: SwAV, arch: str | None, fmt: str) -> None:
+    """Refuse, with the reason, a ``torchvision`` / ``timm`` / ``detectron2`` export of a
+    backbone that those libraries cannot build: another architecture (``resnet_tiny``, the
+    wide ResNets) or the small stem of 32-64 px training. Checked against torchvision's model
+    of the same name, parameter by parameter."""
+    advice = "export with --format safetensors or --format swav, which hold any backbone"
+    if arch not in TORCHVISION_RESNETS:
+        raise UsageError(
+            f"--format {fmt}: {fmt} has no {arch or 'unnamed'} backbone (it builds "
+            f"{', '.join(TORCHVISION_RESNETS)}); {advice}"
+        )
+    import torchvision
+
+    reference = torchvision.models.get_model(arch, weights=None).state_dict()
+    ours = backbone_state_dict(model)
+    for key, value in ours.items():
+        if key in reference and reference[key].shape != value.shape:
+            theirs, mine = tuple(reference[key].shape), tuple(value.shape)
+            raise UsageError(
+                f"--format {fmt}: this {arch} differs from {fmt}'s ({key}: {mine} here, {theirs} "
+                f"there; the small stem of 32-64 px training?), so {fmt} could not load it; "
+                + advice
+            )
+    missing = [k for k in reference if k not in ours and not k.startswith("fc.")]
+    if missing or any(k not in reference for k in ours):
+        raise UsageError(f"--format {fmt}: this backbone's parameters are not {arch}'s; {advice}")
+
+
 def detectron2_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """torchvision ResNet names -> Detectron2 names (num_batches_tracked counters left out:
     Detectron2's batch norm has none)."""
@@ -81,6 +113,8 @@ def export_model(
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = check_writable(out, force)
+    if fmt in ("torchvision", "timm", "detectron2"):
+        check_standard_resnet(model, (meta or {}).get("arch"), fmt)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = shareable_meta(meta or {})
     meta.setdefault("num_features", int(model.num_features))

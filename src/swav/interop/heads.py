@@ -108,7 +108,12 @@ def linear_layer(weight: Tensor, bias: Tensor | None) -> nn.Linear:
 def load_linear_head(path: str | Path) -> LinearHead:
     """A reference linear-evaluation head (``module.linear.*`` and, with ``use_bn``,
     ``module.bn.*``), or any file holding one linear layer (``*.weight`` / ``*.bias``)."""
-    obj = safe_load(path)
+    if not Path(path).expanduser().is_file():
+        raise HeadError(
+            f"no linear head at {path}: give a head file, or a released head's name (see "
+            "`swav zoo`)"
+        )
+    obj = safe_load(Path(path).expanduser())
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(sd, dict):
         raise HeadError(f"{path}: expected a state dict, found {type(sd).__name__}")

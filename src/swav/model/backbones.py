@@ -172,9 +172,13 @@ def _timm_backbone(name: str) -> nn.Module:
     try:
         import timm
     except ImportError as e:  # pragma: no cover - depends on the optional extra
-        raise ImportError(
-            f"backbone {name!r} needs timm: pip install 'swav[timm]' (or pip install timm)"
+        raise UsageError(
+            f"backbone 'timm:{name}' needs timm: pip install 'swav[timm]' (or pip install timm)"
         ) from e
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name[:4]}*")[:5] if name else []
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise UsageError(f"timm has no model {name!r}{hint}; see timm.list_models()")
     model = timm.create_model(name, pretrained=False, num_classes=0)
     return model
 
