@@ -19,7 +19,7 @@ from swav.engine.run_dir import RunDir
 from swav.errors import SwAVError
 from swav.viz.clusters import draw_gallery, draw_usage, prototype_groups
 from swav.viz.curves import flat_results, plot_run_curves
-from swav.viz.data import load_view
+from swav.viz.data import ViewData, load_view
 from swav.viz.embedding import draw_embedding, project_2d
 
 log = logging.getLogger(__name__)
@@ -139,14 +139,12 @@ def _evaluations(run: RunDir) -> str:
     )
 
 
-def _pictures(run: RunDir, folder: Path, data: str | None, limit: int, progress: bool) -> str:
-    """Galleries, usage and embedding from the run's checkpoint (empty when there is none)."""
-    if not run.checkpoint.exists():
+def _pictures(run: RunDir, folder: Path, view: ViewData | str | None) -> str:
+    """Galleries, usage and embedding of ``view`` (or the reason there are none)."""
+    if view is None:
         return "<p>No checkpoint yet: galleries appear once an epoch has finished.</p>"
-    try:
-        view = load_view(str(run.path), data, None, limit, progress=progress)
-    except SwAVError as e:
-        return f"<p>Galleries not drawn: {html.escape(str(e))}</p>"
+    if isinstance(view, str):
+        return f"<p>Galleries not drawn: {html.escape(view)}</p>"
     parts = []
     if view.scores is not None:
         groups = prototype_groups(view.scores, view.source, top=8, count=8)
@@ -174,6 +172,14 @@ def write_html_report(
     run = RunDir.of(run_dir)
     if not run.path.is_dir():
         raise SwAVError(f"{run.path} is not a run directory")
+    view: ViewData | str | None = None
+    if pictures and run.checkpoint.exists():
+        try:  # before anything is written
+            view = load_view(str(run.path), data, None, limit, progress=progress)
+        except SwAVError as e:
+            if data is not None:  # the images asked for: refused, not left out in silence
+                raise
+            view = str(e)  # the run's own data, moved or gone: the page says so
     folder = run.path / "report"
     out = Path(out) if out else run.path / "report.html"
     body = [f"<h1>SwAV run: {html.escape(run.path.name)}</h1>", "<h2>Health</h2>", _health(run)]
@@ -186,7 +192,7 @@ def write_html_report(
     if pictures:
         body += [
             "<h2>What the prototypes learned</h2>",
-            _pictures(run, folder, data, limit, progress),
+            _pictures(run, folder, view),
         ]
     files = [p for p in (run.checkpoint, run.config, run.metrics, run.loss_plot) if p.exists()]
     links = " · ".join(f'<a href="{html.escape(_rel(p, out))}">{p.name}</a>' for p in files)
