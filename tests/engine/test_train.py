@@ -315,3 +315,102 @@ def test_a_run_stopped_by_a_signal_exits_non_zero(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "stopped (resume by running the same command)" in out
     assert safe_load(run / "checkpoint.pt")["next_batch"] > 0  # saved mid-epoch
+
+
+def test_a_loss_that_is_nan_from_the_start_says_no_checkpoint_was_written(tmp_path, monkeypatch):
+    import swav.objective.swav_loss as objective
+
+    real = objective.swapped_prediction_loss
+    monkeypatch.setattr(
+        objective, "swapped_prediction_loss", lambda *a, **k: real(*a, **k) * float("nan")
+    )
+    cfg = build_config(None, tiny_overrides(tmp_path / "nan0", **{"train.on_collapse": "warn"}))
+    with pytest.raises(NonFiniteLossError, match="no checkpoint had been written yet"):
+        pretrain(cfg, progress=False)
+
+
+def test_epoch_records_hold_the_mean_loss_of_the_epoch(tmp_path, capsys):
+    """The epoch record, the epoch's log line and the result: the mean of the epoch's
+    iteration records, also for an epoch resumed in the middle."""
+    run = tmp_path / "mean"
+    over = {"train.epochs": 3, "train.iters_per_epoch": 6, "train.log_every": 2}
+    cfg = build_config(None, tiny_overrides(run, **over))
+    pretrain(cfg, progress=False, stop_after_epoch=1)
+    state = safe_load(run / "checkpoint.pt")
+    assert state["epoch"] == 1
+    result = pretrain(cfg, progress=False)
+    rows = read_metrics(run)
+    steps = {m["iteration"]: m["loss"] for m in rows if "kind" not in m}
+    epochs = [m for m in rows if m.get("kind") == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    for e in epochs:
+        first = (e["epoch"] - 1) * 6
+        mean = sum(steps[i] for i in range(first, first + 6)) / 6
+        assert e["loss"] == pytest.approx(mean, rel=1e-6), e
+        assert e["last_loss"] == pytest.approx(steps[first + 5], rel=1e-6)
+    assert result.last_loss == pytest.approx(epochs[-1]["loss"], rel=1e-6)
+
+
+def test_an_epoch_resumed_mid_way_counts_its_first_iterations_in_the_mean(tmp_path, monkeypatch):
+    run = tmp_path / "midway"
+    over = {"train.epochs": 2, "train.iters_per_epoch": 6, "train.log_every": 1}
+    cfg = build_config(None, tiny_overrides(run, **over))
+    import swav.engine.train as train
+
+    real = train.training_step
+    calls = {"n": 0}
+
+    def stop_after_eight(t, *a, **k):  # a signal arrives during the ninth step
+        calls["n"] += 1
+        if calls["n"] == 9:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(t, *a, **k)
+
+    monkeypatch.setattr(train, "training_step", stop_after_eight)
+    first = pretrain(cfg, progress=False)
+    assert first.interrupted
+    assert safe_load(run / "checkpoint.pt")["next_batch"] == 3  # epoch 2, 3 steps in
+    monkeypatch.setattr(train, "training_step", real)
+    pretrain(cfg, progress=False)
+    rows = read_metrics(run)
+    steps = {m["iteration"]: m["loss"] for m in rows if "kind" not in m}
+    assert sorted(steps) == list(range(12))
+    second = [m for m in rows if m.get("kind") == "epoch"][-1]
+    assert second["loss"] == pytest.approx(sum(steps[i] for i in range(6, 12)) / 6, rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["deepclusterv2", "selav2"])
+@pytest.mark.parametrize("at", [2, 8])
+def test_clustering_methods_recover_from_a_forced_collapse_and_finish(
+    tmp_path, monkeypatch, method, at
+):
+    """A collapse declared in the first epoch (the rewind goes to the state saved before
+    training) or in the second: the rewind restores the memory bank, and the run finishes."""
+    from swav.engine.health import Collapse, CollapseMonitor
+
+    real = CollapseMonitor.observe
+    fired = {"done": False}
+
+    def observe(self, losses, entropy, spread, queue_active):
+        seen = real(self, losses, entropy, spread, queue_active)
+        if not fired["done"] and losses[-1][0] >= at:
+            fired["done"] = True
+            return Collapse(losses[-1][0], at, True, False, False, 0.99, spread, False)
+        return seen
+
+    monkeypatch.setattr(CollapseMonitor, "observe", observe)
+    run = tmp_path / method
+    over = {
+        "method": method,
+        "train.epochs": 3,
+        "train.iters_per_epoch": 6,
+        "train.on_collapse": "recover",
+        "model.n_prototypes": "[8]",
+    }
+    r = pretrain(build_config(None, tiny_overrides(run, **over)), progress=False)
+    assert fired["done"] and len(r.recoveries) == 1 and r.epochs_done == 3
+    assert math.isfinite(r.last_loss)
+    rows = read_metrics(run)
+    assert [m["kind"] for m in rows if m.get("kind") in ("recovery", "end")] == ["recovery", "end"]
+    bank = safe_load(run / "checkpoint.pt")["objective"]["bank"]
+    assert (bank["indices"] >= 0).all()  # every row of the bank holds an image

@@ -248,7 +248,7 @@ class RunLock:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "command": " ".join(sys.argv)[:500],
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500],
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
