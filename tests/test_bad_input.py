@@ -107,8 +107,11 @@ def bad_values(action: argparse.Action, has_force: bool) -> list[tuple[str, list
     if isinstance(kind, Range):
         return [(v, []) for v in _numbers_outside(kind)]
     if isinstance(kind, OutputFile):
+        end = kind.suffixes[0] if kind.suffixes else ".out"
         out = [("", []), ("{folder}", []), ("{run}/checkpoint.pt", []), ("{run}/config.yaml", [])]
-        out += [("{existing}", []), ("{readonly}/x.out", [])]
+        out += [("{existing}" + end, []), ("{readonly}/x" + end, [])]
+        if kind.suffixes:
+            out.append(("{folder}/out.wrong-suffix", []))
         if has_force:  # --force replaces an output, never a run's own file
             out += [("{run}/checkpoint.pt", ["--force"]), ("{run}/metrics.jsonl", ["--force"])]
         return out
@@ -191,7 +194,12 @@ def fx(tmp_path_factory):
     width = int(result.model.num_features)
     torch.save({"weight": torch.randn(2, width), "bias": torch.zeros(2)}, d / "head.pt")
     (d / "folder").mkdir()
-    (d / "existing.txt").write_text("an existing file\n")
+    (d / "existing").write_text("an existing file\n")
+    for _path, leaf in leaves(build_parser("*")):
+        for action in options(leaf):
+            if isinstance(action.type, OutputFile):
+                for end in (*action.type.suffixes, ".out"):
+                    (d / f"existing{end}").write_text("an existing file\n")
     (d / "garbage.pt").write_text("not a checkpoint at all")
     readonly = Path("/proc/sys") if os.geteuid() == 0 else d / "readonly"
     if os.geteuid() != 0:
@@ -203,7 +211,7 @@ def fx(tmp_path_factory):
         "image": d / "data" / "val" / "a" / "0.png",
         "head": d / "head.pt",
         "folder": d / "folder",
-        "existing": d / "existing.txt",
+        "existing": d / "existing",
         "garbage": d / "garbage.pt",
         "missing": d / "no" / "such" / "thing",
         "readonly": readonly,

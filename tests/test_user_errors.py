@@ -68,9 +68,104 @@ def _archives(d):
     with tarfile.open(fileobj=gz, mode="w:gz") as tf:
         tf.add(d / "labelled", arcname="labelled")
     (d / "truncated.tar.gz").write_bytes(gz.getvalue()[: len(gz.getvalue()) // 2])
+    torch.save({"weight": torch.randn(2, 256), "bias": torch.zeros(2)}, d / "head.pt")
+    (d / "one_class.txt").write_text("cat\n")
 
 
 CASES = {
+    # the cases of the reliability report, each by name
+    "eval --out the run's own checkpoint": (
+        ["eval", "knn", "--checkpoint", "{t}/copy", "--data", "digits", "--out"]
+        + ["{t}/copy/checkpoint.pt"],
+        "is a run's own file",
+    ),
+    "eval --out an existing file without --force": (
+        ["eval", "knn", "--checkpoint", "{d}/run", "--data", "digits", "--out", "{d}/a_file"],
+        "a_file exists: choose another output, or pass --force",
+    ),
+    "an output that is a device": (
+        ["export", "--checkpoint", "{d}/run", "--format", "swav", "--out", "/dev/full", "--force"],
+        "is not a regular file",
+    ),
+    "export --out a folder with --force": (
+        ["export", "--checkpoint", "{d}/run", "--format", "swav", "--out", "{d}/flat", "--force"],
+        "is a folder; give a file name",
+    ),
+    "shards into an existing file": (["shards", "{d}/labelled", "{d}/a_file"], "is a file"),
+    "export of a small-stem ResNet to torchvision": (
+        ["export", "--checkpoint", "{d}/run", "--out", "{t}/tv.pth"],
+        "torchvision has no resnet_tiny backbone",
+    ),
+    "an unknown timm model": (
+        ["pretrain", "--preset", "demo", "model.arch=timm:no_such_net", "--run-dir", "{t}/r"],
+        "timm has no model 'no_such_net'",
+    ),
+    "a missing --head file": (
+        ["predict", "{d}/flat/0.png", "--checkpoint", "{d}/run", "--head", "{d}/no_head.pt"],
+        "no linear head at",
+    ),
+    "a missing --classes file": (
+        ["predict", "{d}/flat/0.png", "--checkpoint", "{d}/run", "--head", "{d}/head.pt"]
+        + ["--classes", "{d}/no_classes.txt"],
+        "no such class list",
+    ),
+    "a --classes file shorter than the head": (
+        ["predict", "{d}/flat/0.png", "--checkpoint", "{d}/run", "--head", "{d}/head.pt"]
+        + ["--classes", "{d}/one_class.txt"],
+        "names 1 classes, the classifier has 2",
+    ),
+    "predict --topk 0": (
+        ["predict", "{d}/flat/0.png", "--checkpoint", "{d}/run", "--topk", "0"],
+        "argument --topk: '0' is not a whole number from 1",
+    ),
+    "report on a missing run directory": (["report", "{t}/nowhere"], "no such run directory"),
+    "eval linear --epochs 0": (
+        ["eval", "linear", "--checkpoint", "{d}/run", "--data", "digits", "--epochs", "0"],
+        "argument --epochs: '0' is not a whole number from 1",
+    ),
+    "eval linear --lr nan": (
+        ["eval", "linear", "--checkpoint", "{d}/run", "--data", "digits", "--lr", "nan"],
+        "argument --lr: 'nan' is not a finite number",
+    ),
+    "eval linear --val-fraction 1.5": (
+        ["eval", "linear", "--checkpoint", "{d}/run", "--data", "digits", "--val-fraction"]
+        + ["1.5"],
+        "'1.5' is not a finite number >= 0 and < 1",
+    ),
+    "eval knn --temperature 0": (
+        ["eval", "knn", "--checkpoint", "{d}/run", "--data", "digits", "--temperature", "0"],
+        "'0' is not a finite number > 0",
+    ),
+    "eval knn --limit -1": (
+        ["eval", "knn", "--checkpoint", "{d}/run", "--data", "digits", "--limit", "-1"],
+        "'-1' is not a whole number from 0",
+    ),
+    "embed --split with a typo": (
+        ["embed", "{d}/nested", "--split", "trian", "--checkpoint", "{d}/run", "--out"]
+        + ["{t}/e.npy"],
+        "has no split 'trian' (its sub-folders: train, val)",
+    ),
+    "--data and data.source disagree": (
+        ["pretrain", "--data", "{d}/flat", "data.source=digits", "--run-dir", "{t}/r"],
+        "name two different values",
+    ),
+    "--batch-size 0": (
+        ["embed", "{d}/flat", "--checkpoint", "{d}/run", "--out", "{t}/e.npy", "--batch-size"]
+        + ["0"],
+        "'0' is not a whole number from 1",
+    ),
+    "--size -10": (
+        ["assign", "{d}/flat/0.png", "--checkpoint", "{d}/run", "--size", "-10"],
+        "'-10' is not a whole number from 8",
+    ),
+    "the network changed on resume, named": (
+        ["pretrain", "--run-dir", "{t}/copy", "model.arch=resnet18"],
+        "another network (model.arch: resnet_tiny -> resnet18)",
+    ),
+    "another setting changed on resume, named": (
+        ["pretrain", "--run-dir", "{t}/copy", "swav.epsilon=0.07"],
+        "different configuration (swav.epsilon: 0.05 -> 0.07)",
+    ),
     "preset with a YAML syntax error": (
         ["pretrain", "--preset", "{d}/bad.yaml", "--run-dir", "{t}/r"],
         "bad.yaml: not valid YAML at line 3",
@@ -228,3 +323,104 @@ def test_overrides_may_follow_options(tmp_path):
     argv.insert(3, "train.seed=5")  # an override between options
     assert main(argv) == 0
     assert "seed: 5" in (run / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["export", "--checkpoint", "{d}/run", "--format", "swav", "--out", "{t}/m.pt"],
+        ["embed", "{d}/flat", "--checkpoint", "{d}/run", "--out", "{t}/e.npy", "--no-progress"],
+        ["eval", "knn", "--checkpoint", "{d}/run", "--data", "digits", "--out", "{t}/k.json"]
+        + ["--k", "5", "--no-progress"],
+        ["viz", "curves", "{d}/run", "--out", "{t}/c.png"],
+    ],
+)
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(
+    files, tmp_path, capsys, monkeypatch, argv
+):
+    """Every writer goes through one atomic write: the disk filling up mid-file ends as one
+    line naming the file, with nothing half-written left behind."""
+    import errno
+    import os
+
+    import swav.engine.checkpoint as checkpoint
+
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    argv = [a.format(d=files, t=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("swav ")]
+    assert len(err) == 1 and "No space left on device; free some space" in err[0], err
+    assert not [p.name for p in tmp_path.iterdir() if p.name not in ("copy", "bare")]
+
+
+def test_a_second_interrupt_during_a_save_ends_in_one_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C twice: the second arrives while a checkpoint is being written. The command ends
+    with one line (exit 130), and the checkpoint on disk is the previous complete one."""
+    from swav.engine.state import RunState
+
+    run = tmp_path / "run"
+    argv = ["pretrain", "--preset", "defaults", "--no-progress", *tiny_overrides(run)]
+    assert main([*argv[:-1], f"run_dir={run}", "train.epochs=1"]) == 0
+    before = (run / "checkpoint.pt").read_bytes()
+
+    def interrupted(self, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunState, "save", interrupted)
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("swav pretrain: interrupted;") and "Traceback" not in "".join(err)
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_lost_config_yaml_is_read_from_the_checkpoint(files, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "copy"  # a finished run, config.yaml lost
+    shutil.copytree(files / "run", run)
+    (run / "config.yaml").unlink()
+    assert main(["pretrain", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "has already finished its 1 epochs" in out
+    assert main(["pretrain", "--run-dir", str(run), "train.epochs=2", "--no-progress"]) == 0
+    assert (run / "config.yaml").exists()
+
+
+def test_a_symbolic_link_loop_among_the_images_is_skipped(files, tmp_path, caplog):
+    import shutil
+
+    folder = tmp_path / "photos" / "a"
+    shutil.copytree(files / "flat", folder)
+    (folder / "self.jpg").symlink_to("self.jpg")  # a loop with an image's name
+    (folder / "up").symlink_to("..")
+    argv = ["pretrain", "--data", str(tmp_path / "photos"), "--run-dir", str(tmp_path / "r")]
+    with caplog.at_level("WARNING"):
+        assert main([*argv, "--no-progress", "train.epochs=1", "train.batch_size=2"]) == 0
+    assert "self.jpg: Too many levels of symbolic links" in caplog.text
+
+
+def test_a_cache_folder_that_is_a_file_is_named(files, tmp_path, capsys, monkeypatch):
+    (tmp_path / "cache").write_text("")
+    monkeypatch.setenv("SWAV_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["embed", str(files / "flat"), "--checkpoint", str(files / "run")]
+    assert main([*argv, "--out", str(tmp_path / "e.npy")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "SWAV_CACHE_DIR=" in err and "is a file: point it to a folder" in err

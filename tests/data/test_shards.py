@@ -18,7 +18,7 @@ from tests.conftest import tiny_overrides
 
 def test_a_folder_round_trips_byte_for_byte(image_folder, tmp_path):
     src = folder_source(image_folder)
-    pack_shards(src, tmp_path / "out", shard_size=5)
+    pack_shards(src, tmp_path / "out", shard_size=5, seed=None)  # in listing order
     back = open_source(str(tmp_path / "out"))
     assert len(back) == len(src) == 24 and back.classes == src.classes == ["cats", "dogs"]
     assert back.labels == src.labels
@@ -32,7 +32,7 @@ def test_a_folder_round_trips_byte_for_byte(image_folder, tmp_path):
 
 def test_shards_open_by_index_glob_or_brace_list(tmp_path):
     digits = digits_source("test")
-    pack_shards(digits, tmp_path / "d", shard_size=100)
+    pack_shards(digits, tmp_path / "d", shard_size=100, seed=None)
     for spec in ("d", "d/shard-*.tar", "d/shard-{000000..000003}.tar"):
         s = open_source(str(tmp_path / spec))
         assert len(s) == 360 and s.labels == digits.labels, spec
@@ -61,10 +61,45 @@ def test_each_image_once_per_epoch_over_two_processes_and_two_workers(tmp_path):
 def test_training_on_shards_and_refusals(tmp_path, capsys):
     out = tmp_path / "s"
     assert main(["shards", "digits", str(out), "--split", "train", "--shard-size", "500"]) == 0
-    assert "1437 images in 3 shards" in capsys.readouterr().out
+    assert "1437 images in 3 shards, shuffled with seed 0" in capsys.readouterr().out
     assert main(["shards", "digits", str(out)]) == 2  # never over an existing shard set
     assert "already holds a shard set" in capsys.readouterr().err
     assert main(["shards", "digits", str(tmp_path / "t"), "--shard-size", "0"]) == 2
     over = {"data.source": str(out), "train.epochs": 1}
     r = pretrain(build_config(None, tiny_overrides(tmp_path / "run", **over)), progress=False)
     assert r.epochs_done == 1
+
+
+def test_shards_are_packed_shuffled_so_a_streamed_batch_holds_many_classes(image_folder, tmp_path):
+    """A listing is ordered by class; a stream reads shard after shard. Packed in listing
+    order, the first shard of the 2-class folder would hold one class; shuffled (seeded), both,
+    and every image once."""
+    src = folder_source(image_folder)
+    pack_shards(src, tmp_path / "in_order", shard_size=8, seed=None)
+    pack_shards(src, tmp_path / "shuffled", shard_size=8, seed=0)
+    pack_shards(src, tmp_path / "again", shard_size=8, seed=0)
+    ordered, shuffled = (
+        open_source(str(tmp_path / "in_order")),
+        open_source(str(tmp_path / "shuffled")),
+    )
+    assert set(ordered.labels[:8]) == {0}
+    assert set(shuffled.labels[:8]) == {0, 1}
+    assert sorted(shuffled.item_names()) == sorted(src.item_names())  # each image once
+    assert open_source(str(tmp_path / "again")).item_names() == shuffled.item_names()  # seeded
+    for i in range(len(shuffled)):  # each image with its own label and bytes
+        j = list(src.item_names()).index(shuffled.item_names()[i])
+        assert shuffled.labels[i] == src.labels[j]
+        assert shuffled[i][0] == open(src.items[j], "rb").read()
+
+
+def test_a_truncated_shard_is_refused_at_open(tmp_path):
+    pack_shards(digits_source("test"), tmp_path / "d", shard_size=100)
+    shard = tmp_path / "d" / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:5000])  # a copy cut short
+    with pytest.raises(DataError, match="shard-000001.tar is truncated .* pack it again"):
+        open_source(str(tmp_path / "d"))  # by its index
+    with pytest.raises(DataError, match="shard-000001.tar is damaged"):
+        open_source(str(tmp_path / "d" / "shard-*.tar"))  # by glob: read to the cut
+    shard.unlink()
+    with pytest.raises(DataError, match="shard-000001.tar is missing"):
+        open_source(str(tmp_path / "d"))

@@ -31,7 +31,7 @@ CFG = MultiCropConfig(n_crops=[1], sizes=[8], min_scale=[0.5], max_scale=[1.0])
 def shards(tmp_path):
     """8 shards of 40 digits each (320 samples), as `swav shards` writes them."""
     source = digits_source("train").subset(range(320))
-    pack_shards(source, tmp_path / "s", shard_size=40)
+    pack_shards(source, tmp_path / "s", shard_size=40, seed=None)
     return tmp_path / "s", source
 
 

@@ -85,7 +85,7 @@ def test_results_are_strict_json(run_dir, tmp_path):
         (["eval", "knn", "--k", "0"], "is not a whole number from 1"),
         (["eval", "knn", "--k", "5000"], "more than the 120 training images"),
         (["eval", "knn", "--data", "{folder}"], "no 'train' sub-folder"),
-        (["embed", "{folder}", "--out", "{tmp}/x.csv"], ".npy or .parquet"),
+        (["embed", "{folder}", "--out", "{tmp}/x.csv"], "one of .npy, .parquet"),
     ],
 )
 def test_eval_refuses_what_would_give_a_wrong_answer(

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 import torch
 
 from swav.model import build_model
@@ -40,3 +41,19 @@ def test_hub_weights_must_match_the_entry_and_its_settings(tmp_path):
         load("resnet18", small_stem=True)
     assert load("resnet18", n_prototypes=7, output_dim=8).n_prototypes == [7]
     assert load("resnet18", ignore=["prototypes"]).prototypes is None
+
+
+def test_hub_weights_from_an_unreachable_url_are_one_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torch.hub
+
+    from swav.interop.checkpoints import CheckpointError
+
+    def offline(url, dst, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(CheckpointError, match="could not download https://example.org/w.pth"):
+        torch.hub.load(str(ROOT), "resnet18", source="local", weights="https://example.org/w.pth")

@@ -36,7 +36,10 @@ def register(sub: Any) -> None:
     em.add_argument("data", type=Reference("data"), help="folder, archive or dataset name")
     em.add_argument("--split", default="", type=Split(), help="split of the data (default: all)")
     em.add_argument(
-        "--out", required=True, type=OutputFile(), help=".npy (+ .names.txt) or .parquet"
+        "--out",
+        required=True,
+        type=OutputFile("embeddings file", (".npy", ".parquet")),
+        help=".npy (+ .names.txt) or .parquet",
     )
     em.add_argument("--force", action="store_true", help="replace an existing output file")
     em.set_defaults(func=_embed)

@@ -43,8 +43,14 @@ class OutputFile(Kind):
     (``check_outputs``)."""
 
     what: str = "output file"
+    suffixes: tuple[str, ...] = ()
+    """The endings the file may have (empty: any)."""
 
     def convert(self, text: str) -> str:
+        if self.suffixes and not text.lower().endswith(self.suffixes):
+            raise argparse.ArgumentTypeError(
+                f"{self.what} {text}: name it with one of {', '.join(self.suffixes)}"
+            )
         guard_output(text, force=True, what=self.what)
         return text
 

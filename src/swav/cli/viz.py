@@ -48,8 +48,11 @@ def _view_options() -> argparse.ArgumentParser:
     return p
 
 
+PICTURES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
 def _out_options(p: argparse.ArgumentParser, help: str) -> None:
-    p.add_argument("--out", default=None, type=OutputFile("picture"), help=help)
+    p.add_argument("--out", default=None, type=OutputFile("picture", PICTURES), help=help)
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -20,12 +21,20 @@ from swav.errors import SwAVError
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` that leaves either the old file or the complete new one (see above)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """Write a file through ``write(f)`` into a temporary file beside ``path``, fsync it and
+    rename it over ``path``: a full disk, a read-only location or a kill at any moment leaves
+    the old file (or none) and no partial one. Errors of the file system reach the caller as
+    ``OSError`` with their errno (ENOSPC, EROFS ...)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,6 +47,7 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return path
 
 
 def keep_copy(path: str | Path, copy: str | Path) -> None:

@@ -197,6 +197,8 @@ def guard_output(
         )
     if folder and path.exists() and not path.is_dir():
         raise UsageError(f"{what} {path} is a file, not a folder; choose another folder")
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise UsageError(f"{what} {path} is not a regular file (a device?); give a file path")
     if not folder and path.is_dir():
         raise UsageError(f"{what} {path} is a folder; give a file name (e.g. {path}/out)")
     if not folder and path.exists() and not force:

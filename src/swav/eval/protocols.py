@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from swav.engine.checkpoint import atomic_write
 from swav.errors import UsageError
 from swav.eval.clustering import cluster_metrics
 from swav.eval.knn import knn_accuracy
@@ -265,8 +266,8 @@ def evaluate(request: EvalRequest, protocol: str, settings: Any = None) -> dict[
     }
     record = _finite(record)
     if request.out:
-        request.out.parent.mkdir(parents=True, exist_ok=True)
-        request.out.write_text(json.dumps(record, indent=2, allow_nan=False))
+        text = json.dumps(record, indent=2, allow_nan=False).encode()
+        atomic_write(request.out, lambda f: f.write(text))
     return record
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from swav.engine.checkpoint import atomic_save, atomic_write
 from swav.engine.run_dir import check_writable
 from swav.errors import UsageError
 from swav.model.swav import SwAV
@@ -121,18 +122,16 @@ def export_model(
     meta["format"] = fmt
     written = [out]
     if fmt in ("torchvision", "timm"):
-        torch.save(backbone_state_dict(model), out)
+        atomic_save(backbone_state_dict(model), out)
         side = out.with_name(out.name + ".json")
-        side.write_text(json.dumps(meta, indent=2, default=str))
-        written.append(side)
+        text = json.dumps(meta, indent=2, default=str).encode()
+        written.append(atomic_write(side, lambda f: f.write(text)))
     elif fmt == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(
-            backbone_state_dict(model),
-            str(out),
-            metadata={k: json.dumps(v, default=str) for k, v in meta.items()},
-        )
+        header = {k: json.dumps(v, default=str) for k, v in meta.items()}
+        data = save(backbone_state_dict(model), metadata=header)
+        atomic_write(out, lambda f: f.write(data))
     elif fmt == "detectron2":
         sd = backbone_state_dict(model)
         model_d2 = {k: v.numpy() for k, v in detectron2_names(sd).items()}
@@ -144,17 +143,15 @@ def export_model(
                 len(counters),
             )
             meta["left_out"] = f"{len(counters)} num_batches_tracked counters"
-        with open(out, "wb") as f:
-            pickle.dump(
-                {
-                    "model": model_d2,
-                    "__author__": "swav",
-                    "matching_heuristics": True,
-                    "swav_meta": json.dumps(meta, default=str),
-                },
-                f,
-            )
+        content = {
+            "model": model_d2,
+            "__author__": "swav",
+            "matching_heuristics": True,
+            "swav_meta": json.dumps(meta, default=str),
+        }
+        atomic_write(out, lambda f: pickle.dump(content, f))
     else:
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        torch.save({"state_dict": sd, "swav_meta": json.loads(json.dumps(meta, default=str))}, out)
+        meta_plain = json.loads(json.dumps(meta, default=str))
+        atomic_save({"state_dict": sd, "swav_meta": meta_plain}, out)
     return written

@@ -14,6 +14,7 @@ from torch import nn
 
 from swav.data.sources import DataError, ImageSource, load_rgb
 from swav.data.transforms import EvalTransform
+from swav.engine.checkpoint import atomic_write
 from swav.engine.run_dir import check_writable
 from swav.errors import UsageError
 from swav.interop.checkpoints import CheckpointError
@@ -80,7 +81,6 @@ def save_embeddings(emb: Embeddings, out: str | Path, force: bool = False) -> li
     """``.npy`` (features, plus ``<out>.names.txt``) or ``.parquet`` (name, label, feature).
     An existing file is replaced only with ``force``."""
     out = embedding_path(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -92,11 +92,12 @@ def save_embeddings(emb: Embeddings, out: str | Path, force: bool = False) -> li
                 "feature": [row.tolist() for row in emb.features],
             }
         )
-        pq.write_table(table, out)
+        atomic_write(out, lambda f: pq.write_table(table, f))
         return [out]
-    np.save(out, emb.features)
+    atomic_write(out, lambda f: np.save(f, emb.features))
     names = out.with_name(out.stem + ".names.txt")
-    names.write_text("\n".join(emb.names) + "\n")
+    text = ("\n".join(emb.names) + "\n").encode()
+    atomic_write(names, lambda f: f.write(text))
     return [out, names]
 
 

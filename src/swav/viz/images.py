@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from swav.data.sources import ImageSource, load_rgb
+from swav.engine.checkpoint import atomic_write
 
 STYLE: dict[str, Any] = {
     "font.size": 10,
@@ -38,9 +39,11 @@ def pyplot() -> Any:
 def save_figure(fig: Any, out: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` to ``out`` (a PNG; folders created) and close it."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, bbox_inches="tight")
-    pyplot().close(fig)
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    try:
+        atomic_write(out, lambda f: fig.savefig(f, dpi=dpi, bbox_inches="tight", format=fmt))
+    finally:
+        pyplot().close(fig)
     return out
 
 
