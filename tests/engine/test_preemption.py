@@ -149,3 +149,26 @@ def test_torchrun_preempted_with_loader_workers_saves_and_resumes_exactly(tmp_pa
 
 def test_srun_style_preempted_with_loader_workers_saves_and_resumes_exactly(tmp_path):
     _preempt_and_resume("srun", tmp_path, 29450 + os.getpid() % 300)
+
+
+def test_a_rank_killed_without_warning_ends_the_other_in_one_line(tmp_path):
+    """srun-style: rank 1 is SIGKILLed (out of memory, a lost node); rank 0, in a collective
+    with it, ends with one line naming what happened and where to resume, exit code 2."""
+    run = tmp_path / "peer"
+    over = {**OVER, "data.workers": 0, "train.epochs": 3}
+    procs = _launch("srun", tiny_overrides(run, **over), 29800 + os.getpid() % 150)
+    deadline, metrics = time.time() + 240, RunDir(run)
+    while True:
+        assert all(p.poll() is None for p in procs) and time.time() < deadline, _finish(procs)
+        steps = [m["iteration"] for m in metrics.read_metrics() if "kind" not in m]
+        if steps and max(steps) >= 4:
+            break
+        time.sleep(0.05)
+    procs[1].kill()
+    err = procs[0].communicate(timeout=180)[1]
+    procs[1].communicate(timeout=30)
+    assert procs[0].returncode == 2, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("swav ")]
+    assert len(lines) == 1 and "another process of the run stopped" in lines[0], err[-2000:]
+    assert "checkpoint.pt holds the last complete checkpoint" in lines[0]
+    assert "Traceback" not in err
