@@ -15,6 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "swav"
 LAYERS = {
     "swav.errors": 0,
     "swav.run_length": 0,
+    "swav.values": 0,
     "swav.data": 1,
     "swav.model": 2,
     "swav.objective": 3,

@@ -269,6 +269,7 @@ def test_detectron2_export_names_and_shapes(tmp_path):
 def test_exports_hold_no_local_paths_and_say_what_they_leave_out(tmp_path, caplog):
     model = build_model("resnet18", hidden_mlp=32, output_dim=8, n_prototypes=10)
     meta = {
+        "arch": "resnet18",
         "source": "/home/someone/runs/photos/checkpoint.pt",
         "pretraining": {"run_dir": "/home/someone/runs/photos", "data": {"source": "/data/x.tar"}},
     }

@@ -139,6 +139,8 @@ def test_predict_with_torchvision_classifier(tmp_path, capsys):
 
 
 def test_outputs_are_never_overwritten_without_force(tmp_path, capsys):
+    from safetensors.torch import load_file
+
     from swav.cli import main
     from swav.config import build_config
     from swav.engine.train import pretrain
@@ -155,9 +157,13 @@ def test_outputs_are_never_overwritten_without_force(tmp_path, capsys):
     assert (run / "checkpoint.pt").read_bytes() == before
     out = tmp_path / "rn.safetensors"
     assert main([*export, "--out", str(out)]) == 0
-    first = out.read_bytes()
+    first = {k: v.clone() for k, v in load_file(str(out)).items()}  # not a map of the file
+    out.write_bytes(b"changed")
     assert main([*export, "--out", str(out)]) == 2 and "--force" in capsys.readouterr().err
-    assert main([*export, "--out", str(out), "--force"]) == 0 and out.read_bytes() == first
+    assert out.read_bytes() == b"changed"  # not replaced
+    assert main([*export, "--out", str(out), "--force"]) == 0
+    again = load_file(str(out))
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
     emb = ["embed", "digits", "--split", "test", "--checkpoint", str(run), "--no-progress"]
     assert main([*emb, "--out", str(tmp_path / "f.npy")]) == 0
     assert main([*emb, "--out", str(tmp_path / "f.npy")]) == 2

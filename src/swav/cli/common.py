@@ -8,17 +8,9 @@ import dataclasses
 import typing
 from typing import Any
 
-from swav.cli.kinds import (
-    BATCH,
-    IMAGE_SIZE,
-    LIMIT,
-    SEED,
-    OutputFile,
-    OutputFolder,
-    Reference,
-    Split,
-)
+from swav.cli.kinds import OutputFile, OutputFolder
 from swav.interop.checkpoints import IGNORABLE_PARTS
+from swav.values import BATCH, IMAGE_SIZE, LIMIT, SEED, Reference, Split
 
 
 def _parent() -> argparse.ArgumentParser:

@@ -14,9 +14,9 @@ from swav.cli.common import (
     settings_from_args,
     size_options,
 )
-from swav.cli.kinds import COUNT, InputFolder, Reference
 from swav.eval.protocols import PROTOCOLS, evaluate, format_result
 from swav.eval.request import default_result_path, resolve_request
+from swav.values import COUNT, InputFolder, Reference
 
 
 def register(sub: Any) -> None:

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from swav.cli.common import batch_options, checkpoint_options, progress_options, size_options
-from swav.cli.kinds import COUNT, InputFile, OutputFile, Reference, Split
+from swav.cli.kinds import OutputFile
 from swav.engine.run_dir import check_writable
 from swav.errors import UsageError
 from swav.interop.checkpoints import CheckpointError, load_checkpoint, load_linear_head
 from swav.interop.export import FORMATS, export_model
+from swav.values import COUNT, InputFile, Reference, Split
 
 
 def register(sub: Any) -> None:

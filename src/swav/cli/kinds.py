@@ -15,25 +15,7 @@ import argparse
 from dataclasses import dataclass
 
 from swav.engine.run_dir import guard_output
-from swav.values import (
-    BATCH,
-    COUNT,
-    EPOCHS,
-    IMAGE_SIZE,
-    LEARNING_RATE,
-    LIMIT,
-    SEED,
-    InputFile,
-    InputFolder,
-    Kind,
-    Override,
-    Range,
-    Reference,
-    Split,
-    non_negative,
-    positive,
-    whole,
-)
+from swav.values import Kind
 
 
 @dataclass(frozen=True)
@@ -76,25 +58,4 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             guard_output(value, force=force, what=action.type.what)
 
 
-__all__ = [
-    "whole",
-    "positive",
-    "non_negative",
-    "Kind",
-    "Reference",
-    "InputFile",
-    "InputFolder",
-    "Split",
-    "OutputFile",
-    "OutputFolder",
-    "Override",
-    "Range",
-    "check_outputs",
-    "BATCH",
-    "IMAGE_SIZE",
-    "LIMIT",
-    "SEED",
-    "COUNT",
-    "EPOCHS",
-    "LEARNING_RATE",
-]
+__all__ = ["OutputFile", "OutputFolder", "check_outputs"]  # and the kinds of swav.values

@@ -8,12 +8,13 @@ import textwrap
 from typing import Any
 
 from swav.cli.common import progress_options
-from swav.cli.kinds import COUNT, SEED, OutputFolder, Override, Reference, Split
+from swav.cli.kinds import OutputFolder
 from swav.config import build_config, describe_options, preset_summary, presets
 from swav.engine.launch import resolve_launch
 from swav.engine.recipe import suggest_recipe
 from swav.engine.run_dir import RunDir
 from swav.errors import UsageError
+from swav.values import COUNT, SEED, Override, Reference, Split
 
 
 def register(sub: Any) -> None:
@@ -80,6 +81,10 @@ def register(sub: Any) -> None:
     d.set_defaults(func=_demo)
     pr = sub.add_parser("presets", help="list the configuration presets")
     pr.set_defaults(func=_presets)
+    _register_shards(sub)
+
+
+def _register_shards(sub: Any) -> None:
     sh = sub.add_parser(
         "shards",
         help="pack images into tar shards with an index (fast start at any scale)",

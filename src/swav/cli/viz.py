@@ -8,17 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from swav.cli.common import progress_options
-from swav.cli.kinds import (
-    COUNT,
-    IMAGE_SIZE,
-    LIMIT,
-    InputFolder,
-    OutputFile,
-    OutputFolder,
-    Reference,
-    Split,
-    whole,
-)
+from swav.cli.kinds import OutputFile, OutputFolder
+from swav.values import COUNT, IMAGE_SIZE, LIMIT, InputFolder, Reference, Split, whole
 
 
 def _view_options() -> argparse.ArgumentParser:
