@@ -60,7 +60,13 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 100
-    """Training epochs (passes over the data); the schedule is laid out over all of them."""
+    """Training epochs (passes over the data); the schedule is laid out over all of them. With
+    train.time_budget the run sets them itself."""
+    time_budget: float | str = 0
+    """Wall-clock time the run may take, '30m', '2h', '1h30m' or seconds (0: none, train.epochs
+    is used). The run times its first steps and sets train.epochs, and every schedule given as
+    a percentage, to end on time; it checks again at each epoch end, logs each plan, and keeps
+    the plan and the time spent in the checkpoint, so a resumed run continues its budget."""
     batch_size: int = 64
     """Images per process (the global batch is batch_size x world size)."""
     precision: str = "auto"
@@ -138,6 +144,7 @@ class Config:
         d = self.to_dict()
         logistics = (
             "epochs",
+            "time_budget",
             "log_every",
             "save_every",
             "save_every_iters",
@@ -473,6 +480,10 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
     _check_run_length(o.warmup_epochs, "optim.warmup_epochs")
     _check(o.lars_eta > 0, "optim.lars_eta", f"must be > 0, got {o.lars_eta}")
     _check(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
+    try:
+        run_length.duration(t.time_budget)
+    except ConfigError as e:
+        raise ConfigError(f"train.time_budget: {e}") from None
     _check(t.batch_size >= 2, "train.batch_size", f"must be >= 2, got {t.batch_size}")
     _check(
         t.precision in ("auto", "bf16", "fp16", "fp32"),

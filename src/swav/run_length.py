@@ -39,3 +39,23 @@ def absolute(value: int | float | str, key: str) -> float:
             "swav.config.resolve_run_length(cfg, iterations_per_epoch) first"
         )
     return float(value)
+
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*(?:(\d+(?:\.\d*)?)\s*s?)?\s*$")
+
+
+def duration(value: int | float | str) -> float:
+    """Seconds from ``"30m"``, ``"2h"``, ``"1h30m"``, ``"90s"`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{value!r} is not a duration: write it like '30m', '2h' or '90s'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(value)
+        if m is None or not any(m.groups()):
+            raise ConfigError(f"{value!r} is not a duration: write it like '30m', '2h' or '90s'")
+        h, mins, secs = (float(g) if g else 0.0 for g in m.groups())
+        seconds = h * 3600 + mins * 60 + secs
+    if not (seconds >= 0 and seconds < float("inf")):
+        raise ConfigError(f"{value!r} is not a duration of zero or more seconds")
+    return seconds

@@ -103,7 +103,9 @@ def _tuplify(x: Any) -> Any:
 
 class StopFlag:
     """SIGINT / SIGTERM ask the loop to save a checkpoint and stop at the end of the iteration;
-    a second signal stops at once."""
+    a second Ctrl-C (SIGINT) stops at once. A repeated SIGTERM does not: launchers forward the
+    scheduler's SIGTERM to processes that got it already (torchrun under SLURM), and the
+    scheduler's SIGKILL follows its grace period anyway."""
 
     def __init__(self) -> None:
         self.set = False
@@ -118,8 +120,10 @@ class StopFlag:
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.set:
+        if self.set and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if self.set:
+            return
         log.warning("signal %d: saving a checkpoint at the end of this iteration", signum)
         self.set, self.signum = True, signum
 
