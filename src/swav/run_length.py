@@ -41,7 +41,8 @@ def absolute(value: int | float | str, key: str) -> float:
     return float(value)
 
 
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d*)?)\s*h)?\s*(?:(\d+(?:\.\d*)?)\s*m)?\s*(?:(\d+(?:\.\d*)?)\s*s?)?\s*$")
+_NUMBER = r"(\d+(?:\.\d*)?)"
+_DURATION = re.compile(rf"^\s*(?:{_NUMBER}\s*h)?\s*(?:{_NUMBER}\s*m)?\s*(?:{_NUMBER}\s*s?)?\s*$")
 
 
 def duration(value: int | float | str) -> float:

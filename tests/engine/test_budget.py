@@ -19,7 +19,7 @@ BUDGET = 20.0
 OVER = {
     "train.time_budget": f"{BUDGET:g}s",
     "train.epochs": 2,  # replaced by the plan
-    "train.iters_per_epoch": 6,
+    "train.iters_per_epoch": 4,
     "train.log_every": 3,
     "optim.warmup_epochs": "10%",
     "train.threads": 1,
@@ -71,7 +71,7 @@ def test_a_resumed_run_continues_the_budget_it_started_with(tmp_path, monkeypatc
 
     def stop_later(t, *a, **k):  # a signal some way into the run
         calls["n"] += 1
-        if calls["n"] == 150:
+        if calls["n"] == 50:
             os.kill(os.getpid(), signal.SIGINT)
         return real(t, *a, **k)
 

@@ -27,6 +27,9 @@ REPLAN_DRIFT = 0.02
 """Drift of the projected end, as a share of the budget, that makes the run plan again."""
 HARD_STOP_GRACE = 0.03
 """Share of the budget an epoch may overrun before the run saves and stops within it."""
+END_SECONDS = 1.5
+"""Kept for what follows the last epoch (the last records, the loss curve), at most 5 % of the
+budget."""
 
 
 @dataclass
@@ -55,7 +58,8 @@ class TimeBudget:
 
     @property
     def left(self) -> float:
-        return self.seconds - self.spent
+        """Seconds left for training (what follows the last epoch set aside)."""
+        return self.seconds - min(END_SECONDS, 0.05 * self.seconds) - self.spent
 
     def state_dict(self) -> dict[str, Any]:
         """What the checkpoint keeps (the time spent up to the checkpoint being written)."""
@@ -115,8 +119,8 @@ class TimeBudget:
         self._epoch_seconds.append(time.monotonic() - self._epoch_started)
         recent = self._epoch_seconds[-3:]
         per_epoch = sum(recent) / len(recent)
-        projected = self.spent + (self.epochs - epochs_done) * per_epoch
-        if abs(projected - self.seconds) <= REPLAN_DRIFT * self.seconds:
+        projected_left = (self.epochs - epochs_done) * per_epoch
+        if abs(projected_left - self.left) <= REPLAN_DRIFT * self.seconds:
             return None
         planned = max(epochs_done, epochs_done + round(self.left / per_epoch))
         if planned == self.epochs:

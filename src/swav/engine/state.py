@@ -138,6 +138,8 @@ class RunState:
     epoch: int = 0
     next_batch: int = 0
     corrupt: list[str] = field(default_factory=list)
+    budget: Any = None
+    """The run's ``TimeBudget`` (its plan and the time spent are saved), None without one."""
     adjustments: Adjustments = field(default_factory=Adjustments)
     objective: Any = None
     """The objective, when it has state of its own (the clustering methods' memory bank)."""
@@ -174,6 +176,7 @@ class RunState:
             "corrupt": self._all_corrupt(),
             "objective": self._objective_state(),
             "recovery": self.adjustments.state_dict(),
+            "budget": self.budget.state_dict() if self.budget is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -12,10 +12,11 @@ import dataclasses
 import logging
 import math
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from swav.data.loader import EpochSampler, decode_batch
 from swav.data.multicrop import MultiCrop
 from swav.data.sources import DataError
 from swav.data.stream import StreamDataset
+from swav.engine.budget import TimeBudget
 from swav.engine.checkpoint import keep_copy, safe_load
 from swav.engine.clustering import fill_bank, make_objective, start_epoch
 from swav.engine.curves import plot_loss_curve
@@ -62,9 +64,10 @@ from swav.engine.train_data import build_data
 from swav.model.config import build_from_config
 from swav.model.swav import SwAV
 from swav.objective.swav_loss import Objective, SwAVConfig, SwAVStep
-from swav.run_length import absolute
+from swav.run_length import absolute, duration
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = ["pretrain", "train_one_epoch", "TrainResult", "Trainer", "ConfigMismatchError"]
 
@@ -110,6 +113,8 @@ class Trainer:
     autocast: Any
     base_swav: SwAVConfig
     logger: TrainLogger | None = None
+    budget: TimeBudget | None = None
+    """The run's time budget (``train.time_budget``), None without one."""
     stop_signal: int | None = None
     """The signal that stopped the run (on every rank, whichever rank received it)."""
 
@@ -135,11 +140,11 @@ class Trainer:
     def lr_scale(self) -> float:
         return self.state.adjustments.lr_scale
 
-    def agree(self, collapse: Collapse | None) -> Collapse | None:
-        """The main process's verdict, on every process."""
+    def agree(self, value: T) -> T:
+        """The main process's value (a verdict, a plan), on every process."""
         if not self.dist.enabled:
-            return collapse
-        box = [collapse]
+            return value
+        box = [value]
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
 
@@ -162,11 +167,12 @@ def pretrain(
         progress: show a progress bar (main process only).
         stop_after_epoch: stop (as if interrupted) once this many epochs are done.
     """
+    options = RunOptions(allow_config_change, progress, stop_after_epoch, time.monotonic())
     validate(cfg)
     info = init_distributed(resolve_device(cfg.train.device))
     threads, clean = torch.get_num_threads(), True
     try:
-        return _pretrain(cfg, info, allow_config_change, progress, stop_after_epoch)
+        return _pretrain(cfg, info, options)
     except Exception as e:
         if info.enabled and is_peer_failure(e):
             clean = False
@@ -181,20 +187,25 @@ def pretrain(
         shutdown(info, clean)
 
 
-def _pretrain(
-    cfg: Config,
-    info: DistInfo,
-    allow_config_change: bool,
-    progress: bool,
-    stop_after_epoch: int | None,
-) -> TrainResult:
+@dataclass(frozen=True)
+class RunOptions:
+    """How ``pretrain`` was asked to run (see its arguments)."""
+
+    allow_config_change: bool = False
+    progress: bool = True
+    stop_after_epoch: int | None = None
+    started: float = 0.0
+    """``time.monotonic()`` when ``pretrain`` was called (a time budget counts from there)."""
+
+
+def _pretrain(cfg: Config, info: DistInfo, options: RunOptions) -> TrainResult:
     # -- the device, and the run directory: locked, then its checkpoint (before any data)
     device = resolve_device(cfg.train.device, info.local_rank)
     validate(cfg, world_size=info.world_size)
     run = RunDir.of(cfg.run_dir)
     check_writable_dir(run.path)
     with _locked(run, info):
-        return _train_in(run, cfg, info, device, allow_config_change, progress, stop_after_epoch)
+        return _train_in(run, cfg, info, device, options)
 
 
 @contextlib.contextmanager
@@ -225,20 +236,17 @@ def _locked(run: RunDir, info: DistInfo) -> Iterator[None]:
 
 
 def _train_in(
-    run: RunDir,
-    cfg: Config,
-    info: DistInfo,
-    device: torch.device,
-    allow_config_change: bool,
-    progress: bool,
-    stop_after_epoch: int | None,
+    run: RunDir, cfg: Config, info: DistInfo, device: torch.device, options: RunOptions
 ) -> TrainResult:
-    saved = saved_state(run, cfg, allow_config_change)
-    if saved is not None and saved["epoch"] >= cfg.train.epochs:
+    saved = saved_state(run, cfg, options.allow_config_change)
+    budget = _budget(cfg, saved, options.started)
+    planned = budget.epochs if budget is not None and budget.epochs else cfg.train.epochs
+    if saved is not None and saved["epoch"] >= planned:
         return _finished(run, cfg, saved, info, device)  # before any data is listed
 
     # -- model, objective, optimiser, data
     t = build_trainer(cfg, info, device, run)
+    t.budget = t.state.budget = budget
     if saved is not None:
         t.state.load_state_dict(saved)
         if info.is_main:
@@ -254,14 +262,16 @@ def _train_in(
     if info.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config)
-    t.logger = _build_logger(t, progress)
+    t.logger = _build_logger(t, options.progress)
+    if budget is not None and budget.epochs:
+        replan(t, budget.epochs)  # a resumed run: the plan it made
     fill_bank(t)  # clustering methods: the memory bank's first contents
     if cfg.train.on_collapse == "recover" and not run.healthy_checkpoint.exists():
         t.state.save(run.healthy_checkpoint)  # where a collapse in the first epoch rewinds to
 
     # -- the epochs
     try:
-        interrupted = _train_epochs(t, stop_after_epoch)
+        interrupted = _train_epochs(t, options.stop_after_epoch)
     except BaseException:
         t.logger.close()  # the progress bar ends its line before any error is shown
         raise
@@ -287,6 +297,33 @@ def _train_in(
         recoveries,
         stop_signal=t.stop_signal,
     )
+
+
+def _budget(cfg: Config, saved: dict[str, Any] | None, started: float) -> TimeBudget | None:
+    """The run's time budget (None without one), continuing the one a checkpoint carries."""
+    seconds = duration(cfg.train.time_budget)
+    if not seconds:
+        return None
+    budget = TimeBudget.resumed(seconds, saved.get("budget") if saved else None)
+    budget.start()
+    budget.started = started
+    return budget
+
+
+def replan(t: Trainer, epochs: int) -> None:
+    """Lay the run out over ``epochs`` epochs: the learning-rate schedule, and the schedules
+    given as shares of the run (warm-up, queue start, freezing, collapse patience)."""
+    given = t.state.cfg
+    given = dataclasses.replace(given, train=dataclasses.replace(given.train, epochs=epochs))
+    t.cfg, notes = resolve_run_length(given, t.iters)
+    for note in notes if t.dist.is_main else []:
+        log.info("schedule: %s", note)
+    t.schedule = _lr_schedule(t.cfg, t.dist.world_size, t.iters)
+    t.base_swav = dataclasses.replace(t.cfg.swav)
+    t.apply_adjustments()
+    if t.logger is not None:
+        t.logger.epochs = epochs
+        t.logger.monitor.patience = int(absolute(t.cfg.train.collapse_patience, "patience"))
 
 
 def _tidy_after_kill(run: RunDir, iteration: int) -> None:
@@ -468,11 +505,12 @@ def _build_logger(t: Trainer, progress: bool) -> TrainLogger:
 def _train_epochs(t: Trainer, stop_after_epoch: int | None) -> bool:
     """Runs the remaining epochs; True when the run stopped before its last epoch."""
     assert t.logger is not None
-    epochs = t.cfg.train.epochs
     with StopFlag() as stop:
         epoch = t.state.epoch
-        while epoch < epochs:
+        while epoch < t.cfg.train.epochs:  # a time budget may change the number as it goes
             first = t.state.next_batch if epoch == t.state.epoch else 0
+            if t.budget is not None:
+                t.budget.begin_epoch()
             outcome = train_one_epoch(t, epoch, first, stop)
             if isinstance(outcome, Collapse):
                 _after_collapse(t, outcome, epoch)
@@ -481,15 +519,26 @@ def _train_epochs(t: Trainer, stop_after_epoch: int | None) -> bool:
             if outcome:
                 return True
             t.logger.end_epoch(t.objective.queue_active(epoch), len(t.state.corrupt))
+            if t.budget is not None and t.budget.epochs is not None:
+                _plan(t, t.budget.after_epoch(epoch + 1))
             t.checkpoint(epoch + 1, 0)
             _keep_copies(t, epoch + 1)
             epoch += 1
             if t.stop_requested(stop.set):
                 t.stop_signal = stop.signum or int(signal.SIGTERM)
-                return epoch < epochs
+                return epoch < t.cfg.train.epochs
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
-                return epoch < epochs
+                return epoch < t.cfg.train.epochs
     return False
+
+
+def _plan(t: Trainer, epochs: int | None) -> None:
+    """Follow a time budget's plan (the main process's, on every process)."""
+    epochs = t.agree(epochs)
+    if epochs is not None:
+        assert t.budget is not None
+        t.budget.epochs = epochs
+        replan(t, epochs)
 
 
 def _keep_copies(t: Trainer, epochs_done: int) -> None:
@@ -564,22 +613,30 @@ def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) ->
             _refuse_unreadable_data(t, steps, batch_idx - first_batch + 1)
             continue
         steps += 1
-        lr = float(t.schedule[iteration]) * t.lr_scale
+        # until a time budget has its plan, the learning rate stays at the warm-up's start
+        measuring = t.budget is not None and t.budget.epochs is None
+        lr = float(t.schedule[0 if measuring else iteration]) * t.lr_scale
         set_lr(t.state.optimizer, lr)
         step = training_step(
             t, crops, iteration, epoch, indices, batch_idx * t.cfg.train.batch_size
         )
         images = crops[0].shape[0] * t.dist.world_size
         logger.step(iteration, step.loss, lr, step.codes, images, step.spread)
-        stop_now = stop.set
+        if t.budget is not None and t.budget.epochs is None:
+            _plan(t, t.budget.first_plan(iteration, t.iters, epoch))
+        over = t.budget is not None and t.budget.overrun()
+        stop_now = stop.set or over
         if t.dist.enabled:  # ranks agree on when to stop, every iteration (one float)
-            stop_now = any_rank(stop.set, t.device)
+            stop_now = any_rank(stop_now, t.device)
         collapse = None
         if logger.due or stop_now:
             collapse = t.agree(logger.flush(t.objective.queue_active(epoch), hint))
         logger.advance()
         if stop_now:
-            t.stop_signal = stop.signum or int(signal.SIGTERM)
+            if stop.set:
+                t.stop_signal = stop.signum or int(signal.SIGTERM)
+            else:
+                log.warning("the time budget ran out within epoch %d: stopped there", epoch + 1)
             t.checkpoint(epoch, batch_idx + 1)
             return True
         every = t.cfg.train.save_every_iters
