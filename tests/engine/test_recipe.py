@@ -55,3 +55,25 @@ def test_pretrain_with_only_data_uses_the_recipe_and_ends_healthy(image_folder, 
     out = capsys.readouterr().out
     assert "recipe for" in out and "model.n_prototypes" in out and "model healthy" in out
     assert read_metrics(run)[-1]["kind"] == "end"
+
+
+def test_the_recipe_on_a_cpu_gives_a_time_budget_and_prints_the_values_used(
+    image_folder, tmp_path, capsys
+):
+    recipe = suggest_recipe(str(image_folder), gpus=0)
+    assert recipe.settings["train.time_budget"] == "30m" and "train.epochs" not in recipe.settings
+    assert suggest_recipe(str(image_folder), gpus=2).settings["train.epochs"] == 200
+    lines = recipe.describe({"train.time_budget": "2h", "model.arch": "resnet_tiny"})
+    assert "train.time_budget = 2h  (your setting; the recipe's: 30m)" in lines
+    assert "model.arch = resnet_tiny  (your setting; the recipe's: resnet18)" in lines
+    fixed = recipe.describe({"train.epochs": "12"})
+    assert "train.time_budget = 0  (your setting; the recipe's: 30m)" in fixed
+    assert "train.epochs = 12  (your setting)" in fixed
+    # a fixed number of epochs asked for on the command line: no budget, the epochs kept
+    run = tmp_path / "fixed"
+    argv = ["pretrain", "--data", str(image_folder), "--run-dir", str(run), "--no-progress"]
+    tiny = ["model.arch=resnet_tiny", "train.epochs=2", "data.workers=0", "train.precision=fp32"]
+    assert main([*argv, *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "train.epochs = 2  (your setting)" in out and "finished: 2 epochs" in out
+    assert "time_budget: 0" in (run / "config.yaml").read_text()

@@ -157,9 +157,12 @@ def _pretrain(args: argparse.Namespace) -> int:
             root=given.get("data.root", "~/.cache/swav/datasets"),
             download=given.get("data.download", "").lower() in ("true", "1", "yes"),
         )
+        chosen = {k: v for k, v in given.items() if k not in ("data.source", "run_dir")}
         if resolve_launch(os.environ).rank == 0:
             print(f"recipe for {given['data.source']} (change any value with key=value):")
-            print("\n".join("  " + line for line in recipe.describe()))
+            print("\n".join("  " + line for line in recipe.describe(chosen)))
+        if "train.epochs" in given and "train.time_budget" not in given:
+            overrides.append("train.time_budget=0")  # a fixed length asked for: no budget
         overrides = recipe.overrides() + overrides
     cfg = build_config(None if preset == "defaults" else preset, overrides)
     result = pretrain(

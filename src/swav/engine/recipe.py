@@ -24,7 +24,9 @@ be overridden with ``key=value``. The rules:
   quarter of the data, K lowered when that cap binds), started after 10 % of the run;
 - **schedule**: LARS on every parameter (as the reference) at 0.6 x batch / 256, never below
   0.6, with a warm-up of 5 % of the run; prototypes frozen for the first 2 %; collapse handled
-  by recovery.
+  by recovery;
+- **length**: 200 epochs on GPUs; on a CPU a time budget (``train.time_budget``, 30 minutes):
+  the run times its steps and sets its epochs to end on time.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from swav.data.sources import DataError, ImageSource, load_rgb, open_source
 from swav.engine.runtime import cpu_supports_bf16
 
 CROP_SIZES = (32, 64, 96, 160, 224)
+DEFAULT_CPU_BUDGET = "30m"
+"""The time a run on a CPU is given when the user names neither a budget nor epochs."""
 
 
 @dataclass
@@ -56,14 +60,26 @@ class Recipe:
 
     def overrides(self) -> list[str]:
         """The settings as ``key=value`` overrides (lists in YAML flow style)."""
-        out = []
-        for k, v in self.settings.items():
-            text = "[" + ",".join(str(x) for x in v) + "]" if isinstance(v, list) else str(v)
-            out.append(f"{k}={text}")
-        return out
+        return [f"{k}={self._text(v)}" for k, v in self.settings.items()]
 
-    def describe(self) -> list[str]:
-        return [f"{k} = {v}  ({self.reasons[k]})" for k, v in self.settings.items()]
+    def describe(self, given: dict[str, str] | None = None) -> list[str]:
+        """One line per setting and its reason; with ``given`` (the user's ``key=value``
+        overrides), the values that will be used: the user's where given."""
+        given = dict(given or {})
+        if "train.epochs" in given and "train.time_budget" not in given:
+            given["train.time_budget"] = "0"  # a fixed length asked for: no budget
+        lines = []
+        for k, v in self.settings.items():
+            if k in given and str(given[k]) != self._text(v):
+                lines.append(f"{k} = {given[k]}  (your setting; the recipe's: {self._text(v)})")
+            else:
+                lines.append(f"{k} = {self._text(v)}  ({self.reasons[k]})")
+        lines += [f"{k} = {v}  (your setting)" for k, v in given.items() if k not in self.settings]
+        return lines
+
+    @staticmethod
+    def _text(v: Any) -> str:
+        return "[" + ",".join(str(x) for x in v) + "]" if isinstance(v, list) else str(v)
 
 
 def typical_size(source: ImageSource, samples: int = 64) -> int:
@@ -237,6 +253,14 @@ def _schedule(r: Recipe, global_batch: int, gpus: int) -> None:
         "the embedding's bias run away with a small batch",
     )
     r.set("swav.freeze_prototypes_niters", "2%", "prototypes fixed for the first 2 % of the run")
-    r.set("train.epochs", 200 if gpus else 30, "a useful length on this hardware")
+    if gpus:
+        r.set("train.epochs", 200, "a useful length on GPUs")
+    else:
+        r.set(
+            "train.time_budget",
+            DEFAULT_CPU_BUDGET,
+            "on a CPU the run sets its epochs to end in this time (train.time_budget=2h for "
+            "more; train.epochs=N for a fixed length)",
+        )
     r.set("train.collapse_patience", "2%", "collapse declared after 2 % of the run")
     r.set("train.on_collapse", "recover", "rewind and adjust if the run collapses")
