@@ -19,6 +19,7 @@ them into RESULTS.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import resource
@@ -33,6 +34,7 @@ from torch import nn
 
 from swav.config import Config, build_config, resolve_run_length
 from swav.demo import heldout_features
+from swav.engine.checkpoint import safe_load
 from swav.engine.recipe import suggest_recipe
 from swav.engine.run_dir import RunDir
 from swav.engine.runtime import cpu_supports_bf16
@@ -41,6 +43,7 @@ from swav.eval.clustering import cluster_metrics
 from swav.eval.knn import knn_accuracy
 from swav.eval.linear import linear_probe_features
 from swav.model.config import build_from_config
+from swav.run_length import duration
 
 HERE = Path(__file__).resolve().parent
 
@@ -92,6 +95,8 @@ def warmup_iterations(cfg: Config, iters_per_epoch: int) -> int:
 
 
 def run_ours(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    if duration(cfg.train.time_budget):
+        return run_ours_budget(cfg, args)
     curve, t0 = [], time.time()
     result = None
     every = max(1, args.eval_every)
@@ -121,6 +126,61 @@ def run_ours(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def run_ours_budget(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """A run with a time budget, trained in one go as a user would (its epochs are its own
+    plan), keeping a checkpoint every ``--eval-every`` epochs; the checkpoints are measured
+    afterwards, so that the evaluations take none of the budget."""
+    every = max(1, args.eval_every)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, save_every=every))
+    t0 = time.time()
+    result = pretrain(cfg, progress=False)
+    wall = time.time() - t0
+    run = RunDir.of(cfg.run_dir)
+    records = run.read_metrics()
+    seconds = {m["epoch"]: m.get("seconds") for m in records if m.get("kind") == "epoch"}
+    curve = []
+    done = result.epochs_done
+    for epoch in [*range(every, done, every), done]:
+        path = run.periodic_checkpoint(epoch) if epoch < done else run.checkpoint
+        if not path.exists():
+            continue
+        model = build_from_config(cfg.model)
+        model.load_state_dict(safe_load(path)["model"])
+        row = {"epoch": epoch, "train_seconds": seconds.get(epoch)}
+        final = epoch == done or args.probe_every
+        row.update(evaluate(model.eval(), cfg, args.eval_limit, args.probe_epochs if final else 0))
+        curve.append(row)
+        print(json.dumps(row), flush=True)
+    rows = [(m["iteration"], m["epoch"], m["loss"]) for m in records if "kind" not in m]
+    iters = result.iterations // max(1, done)
+    ln_k = sum(math.log(k) for k in cfg.model.n_prototypes) / len(cfg.model.n_prototypes)
+    planned = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=done))
+    return {
+        "curve": curve,
+        "final": curve[-1],
+        "iterations": result.iterations,
+        "budget_seconds": duration(cfg.train.time_budget),
+        "wall_seconds": round(wall, 1),
+        "healthy": result.healthy,
+        "recoveries": result.recoveries,
+        "loss": loss_health(rows, ln_k, warmup_iterations(planned, iters)),
+    }
+
+
+def minutes_to_reach(curve: list[dict[str, Any]], knn: float) -> float | None:
+    """Training minutes until kNN (k = 20) first reaches ``knn``, interpolated between the
+    measured epochs (None: never)."""
+    before = (0.0, 0.0)
+    for row in curve:
+        t, v = float(row.get("train_seconds") or 0.0), float(row["knn_k20"])
+        if v >= knn:
+            t0, v0 = before
+            share = (knn - v0) / (v - v0) if v > v0 and v0 < knn else 1.0
+            return round((t0 + share * (t - t0)) / 60, 1)
+        before = (t, v)
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--name", required=True)
@@ -129,6 +189,9 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=0)
     ap.add_argument("--probe-epochs", type=int, default=50)
     ap.add_argument("--eval-every", type=int, default=1, help="epochs between kNN measurements")
+    ap.add_argument(
+        "--probe-every", action="store_true", help="the fast linear probe at every measurement"
+    )
     ap.add_argument("--peer", choices=["none", "lightly", "only-lightly"], default="none")
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("overrides", nargs="*")
@@ -158,6 +221,12 @@ def main() -> None:
         from lightly_swav import run_lightly
 
         record["lightly"] = run_lightly(cfg, args, evaluate)
+    base = record["random_init"]["knn_k20"]
+    for side in ("ours", "lightly"):
+        if side in record:
+            record[side]["minutes_to"] = {
+                f"random+{d}": minutes_to_reach(record[side]["curve"], base + d) for d in (5, 10)
+            }
     record["peak_rss_mb"] = round(peak_rss_mb(), 0)
     out = HERE / "results" / f"quality_{args.name}.json"
     previous = json.loads(out.read_text()) if out.exists() else {}

@@ -111,6 +111,8 @@ class TrainLogger:
         self._corrupt_in_epoch = 0
         self._warned_corrupt = False
         self._window_start, self._window_images = time.perf_counter(), 0
+        self._started = self._window_start
+        """When this session's training began (epoch records carry the seconds since)."""
 
     def start_epoch(self, epoch: int, first_batch: int) -> None:
         """Begin (or, from ``first_batch`` on, resume) an epoch. A resumed epoch's mean loss
@@ -277,6 +279,7 @@ class TrainLogger:
             {
                 "kind": "epoch",
                 "epoch": epoch,
+                "seconds": round(time.perf_counter() - self._started, 1),
                 "iteration": epoch * self.iters,
                 "loss": self.epoch_loss,
                 "last_loss": self.last_loss,
