@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from swav import pretrain
 from swav.config import Config, build_config, resolve_run_length
 from swav.demo import heldout_features
 from swav.engine.checkpoint import safe_load
 from swav.engine.recipe import suggest_recipe
 from swav.engine.run_dir import RunDir
 from swav.engine.runtime import cpu_supports_bf16
-from swav.engine.train import pretrain
 from swav.eval.clustering import cluster_metrics
 from swav.eval.knn import knn_accuracy
 from swav.eval.linear import linear_probe_features
@@ -54,11 +54,18 @@ def peak_rss_mb() -> float:
     return max(own, kids) / 1024.0
 
 
+TRAIN_LIMIT = 0
+"""Training images in the kNN bank and the probe's training set (0: all; --train-limit)."""
+
+
 def evaluate(model: nn.Module, cfg: Config, eval_limit: int, probe_epochs: int = 0) -> dict:
     """kNN (k = 20, 200) on held-out images; with ``probe_epochs`` also the fast linear probe
     and, when the model has prototypes, their clustering NMI."""
     t = time.time()
-    ftr, fte = heldout_features(model, cfg, eval_limit)
+    bank = cfg
+    if TRAIN_LIMIT:
+        bank = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, limit=TRAIN_LIMIT))
+    ftr, fte = heldout_features(model, bank, eval_limit)
     knn = knn_accuracy(ftr.features, ftr.labels, fte.features, fte.labels, (20, 200))
     out: dict[str, Any] = {"knn_k20": knn[20]["top1"], "knn_k200": knn[200]["top1"]}
     if probe_epochs:
@@ -187,6 +194,9 @@ def main() -> None:
     ap.add_argument("--preset", default=None, help="a preset (default: the --data recipe)")
     ap.add_argument("--data", default=None, help="data for the recipe (no preset)")
     ap.add_argument("--eval-limit", type=int, default=0)
+    ap.add_argument(
+        "--train-limit", type=int, default=0, help="training images in the kNN bank (0: all)"
+    )
     ap.add_argument("--probe-epochs", type=int, default=50)
     ap.add_argument("--eval-every", type=int, default=1, help="epochs between kNN measurements")
     ap.add_argument(
@@ -196,6 +206,8 @@ def main() -> None:
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
+    global TRAIN_LIMIT
+    TRAIN_LIMIT = args.train_limit
     run_dir = args.run_dir or f"runs/bench_{args.name}"
     recipe: list[str] = []
     if args.preset is None:

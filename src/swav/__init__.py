@@ -55,6 +55,21 @@ def load_checkpoint(
     return _load(path_or_name, ignore=ignore, download=download, map_location=map_location)
 
 
+def pretrain(cfg: Any, **options: Any) -> Any:
+    """Train as configured (``swav.engine.train.pretrain``), starting a new run from the
+    weights ``cfg.model.init`` names when it is set (a released name, a run directory or a
+    checkpoint of any known layout)."""
+    from swav.engine.run_dir import RunDir
+    from swav.engine.train import pretrain as _pretrain
+
+    if cfg.model.init and not RunDir.of(cfg.run_dir).checkpoint.exists():
+        from swav.interop.checkpoints import initial_weights
+
+        download = bool(options.pop("download", False))
+        options["initial_weights"] = initial_weights(cfg.model.init, download=download)
+    return _pretrain(cfg, **options)
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -71,4 +86,5 @@ __all__ = [
     "MultiCropConfig",
     "SwAVError",
     "load_checkpoint",
+    "pretrain",
 ]

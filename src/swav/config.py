@@ -184,6 +184,7 @@ def identity_changes(before: Config, after: Config) -> list[str]:
 
 
 ADDED_SETTINGS: dict[tuple[str, str], Any] = {
+    ("model", "init"): "",
     ("train", "global_batch"): 0,
     ("train", "sync_bn_group"): 0,
     ("data", "samples_per_epoch"): 0,

@@ -127,8 +127,8 @@ def _options_epilog() -> str:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from swav import pretrain
     from swav.engine.state import settings_of_run
-    from swav.engine.train import pretrain
 
     overrides = list(args.overrides)
     given = {o.split("=", 1)[0].strip(): o.split("=", 1)[1] for o in overrides if "=" in o}

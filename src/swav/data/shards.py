@@ -136,8 +136,8 @@ def _scan(path: Path) -> list[list[Any]]:
                 elif ext == "cls":
                     f = tf.extractfile(m)
                     entry["label"] = int(f.read().decode().strip()) if f else -1
-    except (tarfile.TarError, EOFError, ValueError) as e:
-        raise DataError(f"shard {path} is damaged ({e}): copy or pack it again") from e
+    except (tarfile.TarError, EOFError, ValueError) as err:
+        raise DataError(f"shard {path} is damaged ({err}): copy or pack it again") from err
     out = []
     for key in sorted(by_key):
         e = by_key[key]

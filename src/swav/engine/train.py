@@ -13,7 +13,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,8 +61,10 @@ from swav.engine.runtime import (
 )
 from swav.engine.state import ConfigMismatchError, RunState, load_saved_weights, saved_state
 from swav.engine.train_data import build_data
+from swav.errors import ConfigError
 from swav.model.config import build_from_config
 from swav.model.swav import SwAV
+from swav.model.warm_start import warm_start
 from swav.objective.swav_loss import Objective, SwAVConfig, SwAVStep
 from swav.run_length import absolute, duration
 
@@ -158,6 +160,7 @@ def pretrain(
     allow_config_change: bool = False,
     progress: bool = True,
     stop_after_epoch: int | None = None,
+    initial_weights: Mapping[str, Tensor] | None = None,
 ) -> TrainResult:
     """Train SwAV as configured, resuming from the run directory's checkpoint when it exists.
 
@@ -166,8 +169,12 @@ def pretrain(
         allow_config_change: resume even if the checkpoint was written with other settings.
         progress: show a progress bar (main process only).
         stop_after_epoch: stop (as if interrupted) once this many epochs are done.
+        initial_weights: the weights ``model.init`` names, for a new run (``swav.pretrain``
+            reads them from the name or file; see ``swav.interop.checkpoints.initial_weights``).
     """
-    options = RunOptions(allow_config_change, progress, stop_after_epoch, time.monotonic())
+    options = RunOptions(
+        allow_config_change, progress, stop_after_epoch, time.monotonic(), initial_weights
+    )
     validate(cfg)
     info = init_distributed(resolve_device(cfg.train.device))
     threads, clean = torch.get_num_threads(), True
@@ -196,6 +203,7 @@ class RunOptions:
     stop_after_epoch: int | None = None
     started: float = 0.0
     """``time.monotonic()`` when ``pretrain`` was called (a time budget counts from there)."""
+    initial_weights: Mapping[str, Tensor] | None = None
 
 
 def _pretrain(cfg: Config, info: DistInfo, options: RunOptions) -> TrainResult:
@@ -247,6 +255,13 @@ def _train_in(
     # -- model, objective, optimiser, data
     t = build_trainer(cfg, info, device, run)
     t.budget = t.state.budget = budget
+    if saved is None and cfg.model.init:
+        if options.initial_weights is None:
+            raise ConfigError(
+                f"model.init={cfg.model.init}: swav.pretrain (and `swav pretrain`) read these "
+                "weights; engine.train.pretrain needs them as initial_weights"
+            )
+        warm_start(t.core, options.initial_weights, f"model.init={cfg.model.init}")
     if saved is not None:
         t.state.load_state_dict(saved)
         if info.is_main:

@@ -340,4 +340,21 @@ def load_checkpoint(
     return LoadedModel(model, layout, arch, classifier, classes, meta)
 
 
-__all__ = ["LoadedModel", "load_checkpoint", "load_linear_head", "detect_layout", "CheckpointError"]
+def initial_weights(reference: str, download: bool = False) -> dict[str, Tensor]:
+    """The weights ``model.init`` names, as a SwAV model's state dict: a released name, a run
+    directory or a file of any layout ``load_checkpoint`` reads (this project's runs and
+    exports, the reference release, torchvision and timm ResNets). The prototypes and any
+    classifier are left out: a warm start clusters the new data anew."""
+    loaded = load_checkpoint(reference, ignore=("prototypes", "fc"), download=download)
+    log.info("model.init: %s, a %s (%s layout)", reference, loaded.arch, loaded.layout)
+    return loaded.model.state_dict()
+
+
+__all__ = [
+    "LoadedModel",
+    "load_checkpoint",
+    "load_linear_head",
+    "detect_layout",
+    "CheckpointError",
+    "initial_weights",
+]

@@ -21,6 +21,12 @@ class ModelConfig:
     n_prototypes: list[int] = field(default_factory=lambda: [3000])
     """K per prototype head. The paper uses 3000 on ImageNet and finds K matters little as long
     as it is well above the number of classes; use ~10x the expected classes on small data."""
+    init: str = ""
+    """Start a new run from trained weights (empty: random initialisation): a released name
+    (`swav zoo`), a run directory, or a checkpoint of any layout `swav.load_checkpoint` reads
+    (the reference release, torchvision and timm ResNet files, this project's exports). The
+    backbone and a projection head of the same shape are loaded; the prototypes start anew for
+    the new data. model.arch must be the weights' architecture."""
 
 
 def build_from_config(cfg: ModelConfig) -> SwAV:

@@ -91,6 +91,10 @@ def _cache_file(
     return Path(cache_dir) / f"features-{h[:20]}.pt"
 
 
+def _convolutional(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 @torch.no_grad()
 def extract_features(
     model: nn.Module,
@@ -115,6 +119,8 @@ def extract_features(
         d = torch.load(cache, weights_only=True)
         return Features(d["features"], d["labels"], d.get("scores"), d.get("ok"))
     net: Any = model.to(device).eval()
+    fmt = torch.channels_last if _convolutional(net) else torch.contiguous_format
+    net = net.to(memory_format=fmt)  # NHWC: 1.5-2x faster convolutions on a CPU
     feats, scores, labels, oks = [], [], [], []
     batches: Any = image_loader(source, transform, transform.size, batch_size, workers)
     if progress:
@@ -122,7 +128,7 @@ def extract_features(
 
         batches = tqdm(batches, desc="features", unit="batch")
     for x, y, _, ok in batches:
-        x = x.to(device)
+        x = x.to(device, memory_format=fmt)
         f = net.forward_backbone(x) if hasattr(net, "forward_backbone") else net(x)
         if with_scores and getattr(net, "prototypes", None) is not None:
             scores.append(net.forward_head(f).scores[0].float().cpu())

@@ -1,0 +1,122 @@
+"""``model.init``: a new run starts from weights trained elsewhere, in the layouts users bring
+(the reference release, torchvision and timm files, this project's runs); the backbone is loaded,
+the prototypes start anew, another architecture is refused in one line."""
+
+import pytest
+import torch
+import torchvision
+
+from swav.cli import main
+from swav.engine.checkpoint import safe_load
+from tests.conftest import tiny_overrides
+
+
+def _resnet18_overrides(run, init, **extra):
+    over = {
+        "model.arch": "resnet18",
+        "model.small_stem": False,
+        "multicrop.sizes": "[32,16]",
+        "model.init": str(init),
+        "train.epochs": 1,
+        "train.iters_per_epoch": 1,
+        **extra,
+    }
+    return ["pretrain", "--preset", "defaults", "--no-progress", *tiny_overrides(run, **over)]
+
+
+def _randomized(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if t.dtype.is_floating_point:
+                t.copy_(
+                    torch.randn(t.shape, generator=g) * 0.05 + (1.0 if "running_var" in name else 0)
+                )
+    return module
+
+
+def _start_of(run):
+    """The weights the run started from (the state saved before its first step)."""
+    return safe_load(run / "checkpoint_healthy.pt")["model"]
+
+
+def _reference_release(path):
+    """The reference main_swav.py checkpoint: DDP's ``module.`` prefix, torchvision's trunk
+    names, projection_head and prototypes, inside ``state_dict``."""
+    tv = _randomized(torchvision.models.resnet18())
+    sd = {f"module.{k}": v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
+    head = _randomized(torch.nn.Sequential(torch.nn.Linear(512, 32), torch.nn.BatchNorm1d(32)))
+    sd.update({f"module.projection_head.{k}": v for k, v in head.state_dict().items()})
+    sd["module.projection_head.3.weight"] = torch.randn(16, 32)
+    sd["module.projection_head.3.bias"] = torch.randn(16)
+    sd["module.prototypes.weight"] = torch.randn(3000, 16)
+    torch.save({"epoch": 800, "state_dict": sd, "optimizer": {}}, path)
+    return tv.state_dict()
+
+
+def _torchvision_file(path):
+    tv = _randomized(torchvision.models.resnet18(), seed=1)
+    torch.save(tv.state_dict(), path)
+    return tv.state_dict()
+
+
+def _timm_file(path):
+    timm = pytest.importorskip("timm")
+    model = _randomized(timm.create_model("resnet18", pretrained=False), seed=2)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model.state_dict()
+
+
+@pytest.mark.parametrize(
+    "writer,name",
+    [
+        (_reference_release, "swav_800ep.pth.tar"),
+        (_torchvision_file, "rn18.pth"),
+        (_timm_file, "rn18.safetensors"),
+    ],
+)
+def test_released_layouts_start_a_run(tmp_path, capsys, writer, name):
+    trunk = writer(tmp_path / name)
+    run = tmp_path / "run"
+    assert main(_resnet18_overrides(run, tmp_path / name)) == 0
+    start = _start_of(run)
+    for k, v in trunk.items():
+        if k.startswith("fc."):
+            continue
+        assert torch.equal(start[f"backbone.{k}"], v), k
+    assert start["prototypes.weight"].shape == (20, 16)  # new prototypes for the new data
+
+
+def test_a_run_continues_another_runs_backbone_and_head_with_new_prototypes(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["pretrain", "--preset", "defaults", "--no-progress", *tiny_overrides(first)]) == 0
+    trained = safe_load(first / "checkpoint.pt")["model"]
+    over = tiny_overrides(second, **{"model.init": str(first), "train.seed": 5})
+    assert main(["pretrain", "--preset", "defaults", "--no-progress", *over]) == 0
+    start = _start_of(second)
+    for k, v in trained.items():
+        if k.startswith(("backbone.", "projection_head.")):
+            assert torch.equal(start[k], v), k
+    assert not torch.equal(start["prototypes.weight"], trained["prototypes.weight"])
+
+
+def test_the_small_stem_starts_anew_and_is_named(tmp_path, caplog):
+    trunk = _torchvision_file(tmp_path / "rn18.pth")
+    run = tmp_path / "run"
+    argv = _resnet18_overrides(run, tmp_path / "rn18.pth", **{"model.small_stem": True})
+    with caplog.at_level("INFO"):
+        assert main(argv) == 0
+    assert "new: backbone.conv1.weight" in caplog.text
+    start = _start_of(run)
+    assert torch.equal(start["backbone.layer4.1.conv2.weight"], trunk["layer4.1.conv2.weight"])
+
+
+def test_weights_of_another_architecture_are_refused_in_one_line(tmp_path, capsys):
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "rn34.pth")
+    run = tmp_path / "run"
+    assert main(_resnet18_overrides(run, tmp_path / "rn34.pth")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not this run's model.arch" in err[0]
+    assert not (run / "checkpoint.pt").exists()
