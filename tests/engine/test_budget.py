@@ -91,3 +91,20 @@ def test_a_resumed_run_continues_the_budget_it_started_with(tmp_path, monkeypatc
     total = saved["spent"] + second_took
     assert abs(total - BUDGET) <= 0.05 * BUDGET, (saved, second_took)
     assert safe_load(run / "checkpoint.pt")["budget"]["spent"] == pytest.approx(total, abs=1.0)
+
+
+def test_a_budget_too_short_for_ten_passes_trains_epochs_of_a_random_part(tmp_path, caplog):
+    run = tmp_path / "parts"
+    over = {**OVER, "train.iters_per_epoch": 0, "data.limit": 1024, "train.time_budget": "15s"}
+    cfg = build_config(None, tiny_overrides(run, **over))
+    t0 = time.monotonic()
+    with caplog.at_level("INFO"):
+        r = pretrain(cfg, progress=False)
+    took = time.monotonic() - t0
+    assert abs(took - 15) <= 0.05 * 15, took
+    state = safe_load(run / "checkpoint.pt")
+    iters = state["budget"]["iters_per_epoch"]
+    assert iters < 1024 // 16 and r.epochs_done >= 4  # replanned to the real pace
+    assert f"epochs of {iters} iterations (each a random {iters} of the data's 64)" in caplog.text
+    steps = [m["iteration"] for m in read_metrics(run) if "kind" not in m]
+    assert steps == list(range(r.epochs_done * iters))

@@ -1,13 +1,15 @@
 """A run sized to the time it is given (``train.time_budget``).
 
-The run measures its step in its first iterations and sets the number of epochs to fit the
-budget; the warm-up, the queue start, the prototype freezing and the collapse patience given
-as shares of the run follow (``swav.config.resolve_run_length``). At each epoch end it compares
+Before its first step the run times a few steps on synthetic crops of its own shapes (and
+undoes them), then sets the number of epochs to fit the budget: whole passes over the data when
+at least ``MIN_EPOCHS`` of them fit, else ``MIN_EPOCHS`` epochs of a random part of the data
+each. The warm-up, the queue start, the prototype freezing and the collapse patience given as
+shares of the run follow (``swav.config.resolve_run_length``). At each epoch end the run compares
 the time it has left with what the remaining epochs take at the measured pace and plans again
 when they drift apart by more than ``REPLAN_DRIFT`` of the budget (another job on the machine,
-a slower part of the data). Should an epoch still overrun, the run saves and stops once the
-budget plus ``HARD_STOP_GRACE`` has passed. The plan and the time spent are kept in the
-checkpoint, so that a resumed run continues the budget it started with, not a new one.
+the loading of the data). Should an epoch still overrun, the run saves and stops once the budget
+plus ``HARD_STOP_GRACE`` has passed. The plan and the time spent are kept in the checkpoint, so
+that a resumed run continues the budget it started with, not a new one.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-MEASURE_AFTER = 3
-"""Iterations left out of the first measurement (allocations, loader workers starting)."""
-MEASURE_STEPS = 20
-"""Iterations measured before the first plan (fewer when the first epoch is shorter)."""
+MEASURE_STEPS = 5
+"""Steps timed before training (on a copy of the state, then undone), after two untimed."""
+MIN_EPOCHS = 10
+"""Epochs a budget plans at least: fewer whole passes fit, and each epoch is a random part."""
 REPLAN_DRIFT = 0.02
 """Drift of the projected end, as a share of the budget, that makes the run plan again."""
 HARD_STOP_GRACE = 0.03
 """Share of the budget an epoch may overrun before the run saves and stops within it."""
-END_SECONDS = 1.5
+END_SECONDS = 0.5
 """Kept for what follows the last epoch (the last records, the loss curve), at most 5 % of the
 budget."""
 
@@ -40,9 +42,11 @@ class TimeBudget:
     seconds: float
     spent_before: float = 0.0
     epochs: int | None = None
+    iters_per_epoch: int | None = None
+    """Iterations of an epoch (None: the whole data), when the budget affords fewer than
+    ``MIN_EPOCHS`` passes."""
     started: float = 0.0
     """``time.monotonic()`` when this session began (set by ``start``)."""
-    _first_step: tuple[int, float] | None = None
     _epoch_started: float = 0.0
     _epoch_seconds: list[float] | None = None
 
@@ -63,7 +67,12 @@ class TimeBudget:
 
     def state_dict(self) -> dict[str, Any]:
         """What the checkpoint keeps (the time spent up to the checkpoint being written)."""
-        return {"seconds": self.seconds, "spent": self.spent, "epochs": self.epochs}
+        return {
+            "seconds": self.seconds,
+            "spent": self.spent,
+            "epochs": self.epochs,
+            "iters_per_epoch": self.iters_per_epoch,
+        }
 
     @classmethod
     def resumed(cls, seconds: float, state: dict[str, Any] | None) -> TimeBudget:
@@ -78,36 +87,31 @@ class TimeBudget:
                 format_duration(float(state["seconds"])),
                 format_duration(float(state["spent"])),
             )
-        return cls(seconds, float(state.get("spent", 0.0)), state.get("epochs"))
+        spent = float(state.get("spent", 0.0))
+        return cls(seconds, spent, state.get("epochs"), state.get("iters_per_epoch"))
 
-    def first_plan(self, iteration: int, iters_per_epoch: int, epoch: int) -> int | None:
-        """After each step of the first epoch measured: the epochs to plan, once the first
-        ``MEASURE_STEPS`` steps (or the first epoch's) are timed; else None."""
-        now = time.monotonic()
-        if self.epochs is not None:
-            return None
-        if self._first_step is None:
-            if iteration % iters_per_epoch >= min(MEASURE_AFTER, iters_per_epoch - 1):
-                self._first_step = (iteration, now)
-            return None
-        first, t0 = self._first_step
-        steps = iteration - first
-        if steps < min(MEASURE_STEPS, max(1, iters_per_epoch - 1 - MEASURE_AFTER)):
-            return None
-        per_step = (now - t0) / steps
-        steps_left = max(0.0, self.left) / per_step
-        done = iteration + 1
-        total = (done + steps_left) / iters_per_epoch
-        self.epochs = max(epoch + 1, round(total))
+    def first_plan(self, per_step: float, full_epoch: int) -> tuple[int, int]:
+        """(epochs, iterations per epoch) for a run whose step takes ``per_step`` seconds and
+        whose data makes ``full_epoch`` iterations: whole passes over the data when at least
+        ``MIN_EPOCHS`` of them fit, else ``MIN_EPOCHS`` epochs each of a fresh random part of
+        the data (so that the schedules and the plan's checks keep their resolution)."""
+        steps = max(1.0, self.left / per_step)
+        if steps >= MIN_EPOCHS * full_epoch:
+            iters = full_epoch
+        else:
+            iters = max(1, int(steps // MIN_EPOCHS))
+        self.epochs, self.iters_per_epoch = max(1, round(steps / iters)), iters
+        part = "" if iters == full_epoch else f" (each a random {iters} of the data's {full_epoch})"
         log.info(
-            "time budget %s: %.3f s a step measured, %s spent -> %d epochs of %d iterations",
+            "time budget %s: %.3f s a step measured, %s spent -> %d epochs of %d iterations%s",
             format_duration(self.seconds),
             per_step,
             format_duration(self.spent),
             self.epochs,
-            iters_per_epoch,
+            iters,
+            part,
         )
-        return self.epochs
+        return self.epochs, iters
 
     def begin_epoch(self) -> None:
         self._epoch_started = time.monotonic()

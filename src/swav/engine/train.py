@@ -28,7 +28,7 @@ from swav.data.loader import EpochSampler, decode_batch
 from swav.data.multicrop import MultiCrop
 from swav.data.sources import DataError
 from swav.data.stream import StreamDataset
-from swav.engine.budget import TimeBudget
+from swav.engine.budget import MEASURE_STEPS, TimeBudget
 from swav.engine.checkpoint import keep_copy, safe_load
 from swav.engine.clustering import fill_bank, make_objective, start_epoch
 from swav.engine.curves import plot_loss_curve
@@ -57,7 +57,9 @@ from swav.engine.runtime import (
     configure_determinism,
     resolve_device,
     resolve_precision,
+    rng_state,
     seed_everything,
+    set_rng_state,
 )
 from swav.engine.state import ConfigMismatchError, RunState, load_saved_weights, saved_state
 from swav.engine.train_data import build_data
@@ -278,8 +280,8 @@ def _train_in(
         run.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config)
     t.logger = _build_logger(t, options.progress)
-    if budget is not None and budget.epochs:
-        replan(t, budget.epochs)  # a resumed run: the plan it made
+    if budget is not None:  # a resumed run follows the plan it made; a new one makes it
+        _first_plan(t, budget)
     fill_bank(t)  # clustering methods: the memory bank's first contents
     if cfg.train.on_collapse == "recover" and not run.healthy_checkpoint.exists():
         t.state.save(run.healthy_checkpoint)  # where a collapse in the first epoch rewinds to
@@ -323,6 +325,49 @@ def _budget(cfg: Config, saved: dict[str, Any] | None, started: float) -> TimeBu
     budget.start()
     budget.started = started
     return budget
+
+
+def _first_plan(t: Trainer, budget: TimeBudget) -> None:
+    """A time budget's plan: the one the checkpoint kept, or one made from a few steps timed
+    now (the main process's, on every process)."""
+    if budget.epochs is None:
+        plan = t.agree(budget.first_plan(_time_a_step(t), t.sampler.batches))
+        budget.epochs, budget.iters_per_epoch = plan
+    if budget.iters_per_epoch and isinstance(t.sampler, EpochSampler):
+        t.sampler.batches = t.state.iters_per_epoch = budget.iters_per_epoch
+        assert t.logger is not None
+        t.logger.iters = budget.iters_per_epoch
+    replan(t, budget.epochs)
+
+
+def _time_a_step(t: Trainer) -> float:
+    """Seconds of one training step, timed on synthetic crops of the run's shapes at a
+    learning rate of 0; everything the steps changed (weights, BatchNorm statistics, the
+    optimiser, the queue, the random states) is put back."""
+    import copy
+    import time as clock
+
+    model = {k: v.clone() for k, v in t.core.state_dict().items()}
+    optimizer = copy.deepcopy(t.state.optimizer.state_dict())
+    objective = {k: v.clone() for k, v in t.objective.state_dict().items()}
+    rng = rng_state()
+    set_lr(t.state.optimizer, 0.0)
+    mc, bs = t.cfg.multicrop, t.cfg.train.batch_size
+    shapes = [s for n, s in zip(mc.n_crops, mc.sizes) for _ in range(n)]
+    crops = [torch.randint(0, 256, (bs, 3, s, s), dtype=torch.uint8) for s in shapes]
+    batch, _ = batch_to_device(t, crops, torch.arange(bs))
+    assert batch is not None
+    times = []
+    for _ in range(2 + MEASURE_STEPS):
+        start = clock.perf_counter()
+        step = training_step(t, batch, 0, t.state.epoch, None, 0)
+        float(step.loss)  # waits for the device
+        times.append(clock.perf_counter() - start)
+    t.core.load_state_dict(model)
+    t.state.optimizer.load_state_dict(optimizer)
+    t.objective.load_state_dict(objective)
+    set_rng_state(rng)
+    return sorted(times[2:])[len(times[2:]) // 2]  # the median of the timed steps
 
 
 def replan(t: Trainer, epochs: int) -> None:
@@ -628,17 +673,13 @@ def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) ->
             _refuse_unreadable_data(t, steps, batch_idx - first_batch + 1)
             continue
         steps += 1
-        # until a time budget has its plan, the learning rate stays at the warm-up's start
-        measuring = t.budget is not None and t.budget.epochs is None
-        lr = float(t.schedule[0 if measuring else iteration]) * t.lr_scale
+        lr = float(t.schedule[iteration]) * t.lr_scale
         set_lr(t.state.optimizer, lr)
         step = training_step(
             t, crops, iteration, epoch, indices, batch_idx * t.cfg.train.batch_size
         )
         images = crops[0].shape[0] * t.dist.world_size
         logger.step(iteration, step.loss, lr, step.codes, images, step.spread)
-        if t.budget is not None and t.budget.epochs is None:
-            _plan(t, t.budget.first_plan(iteration, t.iters, epoch))
         over = t.budget is not None and t.budget.overrun()
         stop_now = stop.set or over
         if t.dist.enabled:  # ranks agree on when to stop, every iteration (one float)
