@@ -21,7 +21,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-MEASURE_STEPS = 5
+MEASURE_STEPS = 3
 """Steps timed before training (on a copy of the state, then undone), after two untimed."""
 MIN_EPOCHS = 10
 """Epochs a budget plans at least: fewer whole passes fit, and each epoch is a random part."""
