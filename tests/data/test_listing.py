@@ -221,3 +221,29 @@ def test_swav_cache_names_the_default_datasets_folder():
     from swav.config import DataConfig
 
     assert DataConfig().root == DATASETS
+
+
+def test_swav_cache_prune_while_another_process_writes_the_cache(
+    image_folder, tmp_path, cache, capsys, monkeypatch
+):
+    """A running job renames its half-written entries into place and removes stale copies
+    while `swav cache --prune` walks the cache: entries that vanish mid-walk are passed over,
+    never a traceback."""
+    import swav.data.listing as listing
+    from swav.cli import main
+
+    folder_source(image_folder)  # one current listing
+    (cache / "abc.tmp123").mkdir()  # a listing being written by another process
+    (cache / "abc.tmp123" / "names.npy").write_bytes(b"x" * 100)
+    real = listing.tree_size
+
+    def renamed_meanwhile(path):
+        if ".tmp" in path.name:  # the writer finishes and renames it away
+            shutil.rmtree(path)
+            return real(path)
+        return real(path)
+
+    monkeypatch.setattr(listing, "tree_size", renamed_meanwhile)
+    assert main(["cache", "--prune"]) == 0
+    out = capsys.readouterr().out
+    assert "0 stale entries removed" in out and "1 current kept" in out
