@@ -361,7 +361,7 @@ def _time_a_step(t: Trainer) -> float:
     for _ in range(2 + MEASURE_STEPS):
         start = clock.perf_counter()
         step = training_step(t, batch, 0, t.state.epoch, None, 0)
-        float(step.loss)  # waits for the device
+        float(step.loss.detach())  # waits for the device
         times.append(clock.perf_counter() - start)
     t.core.load_state_dict(model)
     t.state.optimizer.load_state_dict(optimizer)
