@@ -21,6 +21,15 @@ from swav.model.swav import SwAV
 log = logging.getLogger(__name__)
 
 STEM = ("conv1.weight",)
+HEADS = ("projection_head", "prototypes")
+"""The parts of a SwAV model's state dict that are not the backbone (whose keys have no prefix:
+``conv1.weight``, ``layer1.0.conv1.weight``, ...)."""
+
+
+def _is_backbone(key: str) -> bool:
+    return not key.startswith(HEADS)
+
+
 """Backbone parameters that may differ in shape between the standard and the small stem."""
 
 
@@ -32,27 +41,25 @@ class WarmStart:
     new: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        parts = sorted({k.split(".")[0] for k in self.loaded})
-        new = sorted({k.split(".")[0] if not k.startswith("backbone") else k for k in self.new})
+        parts = sorted({"backbone" if _is_backbone(k) else k.split(".")[0] for k in self.loaded})
+        new = sorted({k if _is_backbone(k) else k.split(".")[0] for k in self.new})
         text = f"{len(self.loaded)} tensors loaded ({', '.join(parts)})"
         return text + (f"; new: {', '.join(new)}" if new else "")
 
 
 @torch.no_grad()
 def warm_start(model: SwAV, weights: Mapping[str, Tensor], source: str = "model.init") -> WarmStart:
-    """Load ``weights`` (a SwAV model's state dict: ``backbone.*``, ``projection_head.*``) into
+    """Load ``weights`` (a SwAV model's state dict: the backbone, ``projection_head.*``) into
     ``model`` for a new run on new data; see the module's docstring for what is kept."""
     own = model.state_dict()
     report = WarmStart()
-    backbone = {k: v for k, v in weights.items() if k.startswith("backbone.")}
+    backbone = {k: v for k, v in weights.items() if _is_backbone(k)}
     if not backbone:
         raise UsageError(f"{source}: the weights hold no backbone")
-    mine = [k for k in own if k.startswith("backbone.")]
+    mine = [k for k in own if _is_backbone(k)]
     missing = [k for k in mine if k not in backbone]
     wrong = [
-        k
-        for k in mine
-        if k in backbone and backbone[k].shape != own[k].shape and k[len("backbone.") :] not in STEM
+        k for k in mine if k in backbone and backbone[k].shape != own[k].shape and k not in STEM
     ]
     if missing or wrong or len(backbone) != len(mine):
         example = (wrong or missing or sorted(set(backbone) - set(mine)))[:1]
