@@ -211,8 +211,10 @@ def main() -> None:
     run_dir = args.run_dir or f"runs/bench_{args.name}"
     recipe: list[str] = []
     if args.preset is None:
-        r = suggest_recipe(args.data, "train")
-        recipe = r.overrides()
+        given = dict(o.split("=", 1) for o in args.overrides if "=" in o)
+        budget = given.get("train.time_budget", "0" if "train.epochs" in given else None)
+        r = suggest_recipe(args.data, "train", budget=budget, arch=given.get("model.arch"))
+        recipe = r.overrides() + (["train.time_budget=0"] if budget == "0" else [])
         print("\n".join(r.describe()), flush=True)
     cfg = build_config(args.preset, [*recipe, *args.overrides, f"run_dir={run_dir}"])
     torch.manual_seed(cfg.train.seed)

@@ -156,6 +156,8 @@ def _pretrain(args: argparse.Namespace) -> int:
             given.get("data.split") or None,
             root=given.get("data.root", "~/.cache/swav/datasets"),
             download=given.get("data.download", "").lower() in ("true", "1", "yes"),
+            budget=given.get("train.time_budget", "0" if "train.epochs" in given else None),
+            arch=given.get("model.arch"),
         )
         chosen = {k: v for k, v in given.items() if k not in ("data.source", "run_dir")}
         if resolve_launch(os.environ).rank == 0:
