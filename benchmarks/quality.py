@@ -42,6 +42,7 @@ from swav.engine.runtime import cpu_supports_bf16
 from swav.eval.clustering import cluster_metrics
 from swav.eval.knn import knn_accuracy
 from swav.eval.linear import linear_probe_features
+from swav.interop.checkpoints import load_checkpoint
 from swav.model.config import build_from_config
 from swav.run_length import duration
 
@@ -213,7 +214,10 @@ def main() -> None:
     if args.preset is None:
         given = dict(o.split("=", 1) for o in args.overrides if "=" in o)
         budget = given.get("train.time_budget", "0" if "train.epochs" in given else None)
-        r = suggest_recipe(args.data, "train", budget=budget, arch=given.get("model.arch"))
+        arch = given.get("model.arch")
+        if "model.init" in given and not arch:  # a warm start keeps the weights' architecture
+            arch = load_checkpoint(given["model.init"], ignore=("prototypes", "fc")).arch
+        r = suggest_recipe(args.data, "train", budget=budget, arch=arch)
         recipe = r.overrides() + (["train.time_budget=0"] if budget == "0" else [])
         print("\n".join(r.describe()), flush=True)
     cfg = build_config(args.preset, [*recipe, *args.overrides, f"run_dir={run_dir}"])

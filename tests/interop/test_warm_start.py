@@ -129,3 +129,16 @@ def test_weights_of_another_architecture_are_refused_in_one_line(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not this run's model.arch" in err[0]
     assert not (run / "checkpoint.pt").exists()
+
+
+def test_the_data_recipe_keeps_the_architecture_of_the_weights_it_starts_from(
+    tmp_path, image_folder, capsys
+):
+    first, run = tmp_path / "first", tmp_path / "second"
+    assert main(["pretrain", "--preset", "defaults", "--no-progress", *tiny_overrides(first)]) == 0
+    argv = ["pretrain", "--data", str(image_folder), "--run-dir", str(run), "--no-progress"]
+    short = ["train.epochs=1", "data.workers=0", "train.precision=fp32"]
+    assert main([*argv, f"model.init={first}", *short]) == 0
+    out = capsys.readouterr().out
+    assert "model.arch = resnet_tiny  (as given (model.arch, or the weights model.init" in out
+    assert "arch: resnet_tiny" in (run / "config.yaml").read_text()

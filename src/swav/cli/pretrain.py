@@ -157,7 +157,7 @@ def _pretrain(args: argparse.Namespace) -> int:
             root=given.get("data.root", "~/.cache/swav/datasets"),
             download=given.get("data.download", "").lower() in ("true", "1", "yes"),
             budget=given.get("train.time_budget", "0" if "train.epochs" in given else None),
-            arch=given.get("model.arch"),
+            arch=given.get("model.arch") or _arch_of_init(given.get("model.init")),
         )
         chosen = {k: v for k, v in given.items() if k not in ("data.source", "run_dir")}
         if resolve_launch(os.environ).rank == 0:
@@ -190,6 +190,15 @@ def _pretrain(args: argparse.Namespace) -> int:
     print(f"run directory: {result.run_dir.resolve()} ({', '.join(files)})")
     # stopped by a signal: not a success, so that schedulers and torchrun see it (128 + signal)
     return 128 + result.stop_signal if result.stop_signal else 0
+
+
+def _arch_of_init(init: str | None) -> str | None:
+    """The architecture of the weights ``model.init`` names (a warm start keeps it)."""
+    if not init:
+        return None
+    from swav.interop.checkpoints import load_checkpoint
+
+    return load_checkpoint(init, ignore=("prototypes", "fc")).arch
 
 
 def _demo(args: argparse.Namespace) -> int:

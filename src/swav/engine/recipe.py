@@ -224,7 +224,7 @@ def _model(r: Recipe, n: int, gpus: int, large: int) -> None:
 def _cpu_model(r: Recipe, large: int, seconds: float, arch: str | None, timer: StepTimer) -> None:
     r.set("model.small_stem", large <= 40, f"{large} px crops")
     if arch:
-        r.set("model.arch", arch, "your setting")
+        r.set("model.arch", arch, "as given (model.arch, or the weights model.init names)")
     elif not seconds:
         why = "a fixed number of epochs: the same steps whatever the backbone, so the largest"
         r.set("model.arch", "resnet18", why)
