@@ -42,8 +42,9 @@ from swav.engine.runtime import cpu_supports_bf16
 from swav.eval.clustering import cluster_metrics
 from swav.eval.knn import knn_accuracy
 from swav.eval.linear import linear_probe_features
-from swav.interop.checkpoints import load_checkpoint
+from swav.interop.checkpoints import initial_weights, load_checkpoint
 from swav.model.config import build_from_config
+from swav.model.warm_start import warm_start
 from swav.run_length import duration
 
 HERE = Path(__file__).resolve().parent
@@ -233,6 +234,11 @@ def main() -> None:
         "random_init": evaluate(random_model, cfg, args.eval_limit, args.probe_epochs),
     }
     print(json.dumps(record["random_init"]), flush=True)
+    if cfg.model.init:  # a warm start: the starting weights alone, before any training here
+        start = build_from_config(cfg.model)
+        warm_start(start, initial_weights(cfg.model.init), cfg.model.init)
+        record["init_weights"] = evaluate(start.eval(), cfg, args.eval_limit, args.probe_epochs)
+        print(json.dumps(record["init_weights"]), flush=True)
     if args.peer != "only-lightly":
         record["ours"] = run_ours(cfg, args)
     if args.peer != "none":

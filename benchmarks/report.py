@@ -35,11 +35,17 @@ def quality_table(records: list[dict]) -> list[str]:
                 f"{_cell(f, 'knn_k200')} | {_cell(f, 'linear_fast')} | "
                 f"{_cell(f, 'nmi', '{:.3f}')} | {'-' if near is None else f'{near:.0%}'} |"
             )
-        m = r["random_init"]
-        lines.append(
-            f"| {r['name']} | random init | | | {_cell(m, 'knn_k20')} | {_cell(m, 'knn_k200')} | "
-            f"{_cell(m, 'linear_fast')} | {_cell(m, 'nmi', '{:.3f}')} | |"
-        )
+        for key, label in (
+            ("init_weights", "starting weights alone"),
+            ("random_init", "random init"),
+        ):
+            if key not in r:
+                continue
+            m = r[key]
+            lines.append(
+                f"| {r['name']} | {label} | | | {_cell(m, 'knn_k20')} | {_cell(m, 'knn_k200')} | "
+                f"{_cell(m, 'linear_fast')} | {_cell(m, 'nmi', '{:.3f}')} | |"
+            )
     return lines
 
 
