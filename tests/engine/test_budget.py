@@ -108,3 +108,30 @@ def test_a_budget_too_short_for_ten_passes_trains_epochs_of_a_random_part(tmp_pa
     assert f"epochs of {iters} iterations (each a random {iters} of the data's 64)" in caplog.text
     steps = [m["iteration"] for m in read_metrics(run) if "kind" not in m]
     assert steps == list(range(r.epochs_done * iters))
+
+
+def test_a_plan_from_steps_timed_too_fast_is_made_again_from_the_first_real_steps(
+    tmp_path, monkeypatch, caplog
+):
+    """Synthetic crops leave the data out of the timed step; the first real steps correct the
+    plan while the first epoch is under way, so that the run still has its epochs and ends on
+    time."""
+    import swav.engine.train as train
+
+    timed = train._time_a_step
+    monkeypatch.setattr(train, "_time_a_step", lambda t: timed(t) / 4)  # 4x too fast
+    run = tmp_path / "calibrated"
+    over = {**OVER, "train.iters_per_epoch": 0, "data.limit": 1024, "train.time_budget": "25s"}
+    cfg = build_config(None, tiny_overrides(run, **over))
+    t0 = time.monotonic()
+    with caplog.at_level("INFO"):
+        r = pretrain(cfg, progress=False)
+    took = time.monotonic() - t0
+    assert abs(took - 25) <= 0.05 * 25, (took, caplog.text[-2000:])
+    assert "s a step in the first steps" in caplog.text
+    # without the correction: 20 epochs planned, the first taking a third of the budget, then
+    # 3 epochs in all
+    assert r.epochs_done >= 10
+    iters = safe_load(run / "checkpoint.pt")["budget"]["iters_per_epoch"]
+    steps = [m["iteration"] for m in read_metrics(run) if "kind" not in m]
+    assert steps == list(range(r.epochs_done * iters))  # the first epoch cut to the new length

@@ -41,7 +41,7 @@ def test_recipe_for_imagenette_on_a_cpu():
     # a small batch: few prototypes, no queue, a small embedding, a soft temperature
     assert s["train.batch_size"] == 64 and s["model.n_prototypes"] == [100]
     assert s["swav.queue_length"] == 0 and s["model.output_dim"] == 32
-    assert s["optim.base_lr"] == 0.6 and s["optim.lars_exclude_bias_norm"] is False
+    assert s["optim.base_lr"] == 2.4 and s["optim.lars_exclude_bias_norm"] is False
     assert all(k in r.reasons and r.reasons[k] for k in s)  # every choice has its reason
     cfg = build_config(None, r.overrides())  # and it is a valid configuration
     assert cfg.model.n_prototypes == [100]
@@ -53,6 +53,7 @@ def test_recipe_for_imagenette_on_a_cpu():
     one = suggest_recipe(str(SHARED / "imagenette-96.tar.gz"), gpus=1).settings
     assert one["swav.queue_length"] == 512 and 256 + 512 >= 1.5 * 470  # the queue fills the gap
     assert one["swav.epoch_queue_starts"] == "10%"
+    assert one["optim.base_lr"] == 0.6 and g["optim.base_lr"] == 2.4  # 0.6 x batch / 256
 
 
 def test_recipe_scales_with_the_data_and_the_hardware(image_folder):

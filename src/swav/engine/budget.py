@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 MEASURE_STEPS = 3
 """Steps timed before training (on a copy of the state, then undone), after two untimed."""
-MIN_EPOCHS = 10
-"""Epochs a budget plans at least: fewer whole passes fit, and each epoch is a random part."""
+CALIBRATION = (2, 10)
+"""Steps of a new run's first epoch between which the real pace is timed (the data included,
+which synthetic crops leave out: on 2 cores a real step of a small network took 2x the timed
+one); the plan is made again from it when the two differ by more than ``REPLAN_DRIFT``."""
+MIN_EPOCHS = 20
+"""Epochs a budget plans at least: fewer whole passes fit, and each epoch is a random part.
+An epoch is the unit a plan changes by, so the run ends within half of one (2.5 %)."""
 REPLAN_DRIFT = 0.02
 """Drift of the projected end, as a share of the budget, that makes the run plan again."""
 HARD_STOP_GRACE = 0.03
@@ -47,6 +52,10 @@ class TimeBudget:
     ``MIN_EPOCHS`` passes."""
     started: float = 0.0
     """``time.monotonic()`` when this session began (set by ``start``)."""
+    full_epoch: int = 0
+    """Iterations of a whole pass over the data (set by ``first_plan``)."""
+    _pace: float = 0.0
+    _marks: dict[int, float] = field(default_factory=dict)
     _epoch_started: float = 0.0
     _epoch_seconds: list[float] | None = None
 
@@ -95,23 +104,56 @@ class TimeBudget:
         whose data makes ``full_epoch`` iterations: whole passes over the data when at least
         ``MIN_EPOCHS`` of them fit, else ``MIN_EPOCHS`` epochs each of a fresh random part of
         the data (so that the schedules and the plan's checks keep their resolution)."""
-        steps = max(1.0, self.left / per_step)
-        if steps >= MIN_EPOCHS * full_epoch:
-            iters = full_epoch
-        else:
-            iters = max(1, int(steps // MIN_EPOCHS))
+        self.full_epoch, self._pace = full_epoch, per_step
+        self._layout(max(1.0, self.left / per_step))
+        self._say(f"{per_step:.3f} s a step measured")
+        assert self.epochs is not None and self.iters_per_epoch is not None
+        return self.epochs, self.iters_per_epoch
+
+    def _layout(self, steps: float, least: int = 1, most: int = 0) -> None:
+        """Epochs and their length for ``steps`` steps in all, an epoch ``least`` to ``most``
+        (default: a whole pass) iterations long."""
+        full = self.full_epoch
+        iters = full if steps >= MIN_EPOCHS * full else max(1, int(steps // MIN_EPOCHS))
+        iters = max(least, min(iters, most or full))
         self.epochs, self.iters_per_epoch = max(1, round(steps / iters)), iters
-        part = "" if iters == full_epoch else f" (each a random {iters} of the data's {full_epoch})"
+
+    def _say(self, how: str) -> None:
+        iters = self.iters_per_epoch
+        whole = iters == self.full_epoch
+        part = "" if whole else f" (each a random {iters} of the data's {self.full_epoch})"
         log.info(
-            "time budget %s: %.3f s a step measured, %s spent -> %d epochs of %d iterations%s",
+            "time budget %s: %s, %s spent -> %d epochs of %d iterations%s",
             format_duration(self.seconds),
-            per_step,
+            how,
             format_duration(self.spent),
             self.epochs,
             iters,
             part,
         )
-        return self.epochs, iters
+
+    def calibrating(self, epoch: int) -> bool:
+        """Whether the steps of ``epoch`` are timed to check the plan (a new run's first)."""
+        return epoch == 0 and self.spent_before == 0 and self._pace > 0
+
+    def step_done(self, steps: int) -> tuple[int, int] | None:
+        """In the first epoch of a new run, after its ``steps``-th step: at the end of the
+        ``CALIBRATION`` window, a new plan (epochs, iterations per epoch) when the real pace
+        differs from the timed one, else None."""
+        first, last = CALIBRATION
+        if steps in (first, last):
+            self._marks[steps] = time.monotonic()
+        if steps != last or first not in self._marks:
+            return None
+        pace = (self._marks[last] - self._marks[first]) / (last - first)
+        if abs(pace - self._pace) * (self.left / pace) <= REPLAN_DRIFT * self.seconds:
+            return None
+        # the epoch under way can be cut short but not lengthened
+        self._layout(steps + max(1.0, self.left / pace), steps, self.iters_per_epoch or 0)
+        self._say(f"{pace:.3f} s a step in the first steps, {self._pace:.3f} s timed")
+        self._pace = pace
+        assert self.epochs is not None and self.iters_per_epoch is not None
+        return self.epochs, self.iters_per_epoch
 
     def begin_epoch(self) -> None:
         self._epoch_started = time.monotonic()

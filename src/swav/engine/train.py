@@ -592,6 +592,17 @@ def _train_epochs(t: Trainer, stop_after_epoch: int | None) -> bool:
     return False
 
 
+def _follow(t: Trainer, plan: tuple[int, int] | None) -> None:
+    """Follow a time budget's new plan (epochs, iterations per epoch) made in the first epoch."""
+    if plan is None:
+        return
+    assert t.budget is not None and t.logger is not None
+    t.budget.epochs, t.budget.iters_per_epoch = plan
+    if isinstance(t.sampler, EpochSampler):
+        t.sampler.batches = t.state.iters_per_epoch = t.logger.iters = plan[1]
+    replan(t, plan[0])
+
+
 def _plan(t: Trainer, epochs: int | None) -> None:
     """Follow a time budget's plan (the main process's, on every process)."""
     epochs = t.agree(epochs)
@@ -680,6 +691,8 @@ def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) ->
         )
         images = crops[0].shape[0] * t.dist.world_size
         logger.step(iteration, step.loss, lr, step.codes, images, step.spread)
+        if t.budget is not None and t.budget.calibrating(epoch):
+            _follow(t, t.agree(t.budget.step_done(steps)))
         over = t.budget is not None and t.budget.overrun()
         stop_now = stop.set or over
         if t.dist.enabled:  # ranks agree on when to stop, every iteration (one float)
@@ -700,6 +713,8 @@ def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) ->
             t.checkpoint(epoch, batch_idx + 1)  # within the epoch; its end saves anyway
         if collapse is not None and t.cfg.train.on_collapse != "warn":
             return collapse
+        if batch_idx + 1 >= t.iters:  # the plan shortened this epoch
+            break
     collapse = t.agree(logger.flush(t.objective.queue_active(epoch), hint))
     if collapse is not None and t.cfg.train.on_collapse != "warn":
         return collapse
