@@ -30,8 +30,8 @@ be overridden with ``key=value``. The rules:
 - **schedule**: LARS on every parameter (as the reference) at 0.6 x batch / 256, never below
   0.6, on GPUs; on a CPU at 2.4, as a budget buys few steps (15 minutes on the CIFAR-10
   vehicles: linear probe 66.8 against 58.4 for the half-width ResNet-18, 66.0 after 774 steps
-  against 62.2 after 1044 for the narrow one); a warm-up of 5 % of the run; prototypes frozen for the first 2 %; collapse handled
-  by recovery;
+  against 62.2 after 1044 for the narrow one); a warm-up of 5 % of the run; prototypes frozen
+  for the first 2 %; collapse handled by recovery;
 - **length**: 200 epochs on GPUs; on a CPU a time budget (``train.time_budget``, 30 minutes):
   the run times its steps and sets its epochs to end on time.
 """
