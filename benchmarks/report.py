@@ -96,7 +96,8 @@ def budget_section(records: list[dict], colour: list[dict]) -> list[str]:
         vs_lin = f" / start {start['linear_fast']:.1f}" if start else ""
         minutes = o.get("minutes_to", {})
         to = " / ".join(
-            "-" if minutes.get(k) is None else f"{minutes[k]:.1f}" for k in ("random+5", "random+10")
+            "-" if minutes.get(k) is None else f"{minutes[k]:.1f}"
+            for k in ("random+5", "random+10")
         )
         out.append(
             f"| {r['name']} | {role} | {r.get('cpu', '?')} | {_setting(r, 'model.arch')} | "
