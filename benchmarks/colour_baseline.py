@@ -6,7 +6,8 @@ measures, on the same held-out images and kNN bank, three features that use no t
 - ``colour_histogram``: a 4 x 4 x 4 RGB histogram with each channel's mean and spread (70 numbers
   per image, no network at all);
 - ``random_network``: the recipe's backbone, randomly initialised (as ``quality.py``);
-- ``random_network_grey``: the same network given the images in grey.
+- ``random_network_grey``: the same network given the images in grey;
+- with ``--checkpoint``, a trained backbone in colour and in grey (``trained``, ``trained_grey``).
 
 When the histogram alone comes close to the random network, and the network loses much of its
 accuracy in grey, the random baseline is a colour classifier; SwAV's augmentations (colour jitter,
@@ -35,6 +36,7 @@ import quality  # noqa: E402
 
 from swav.config import build_config  # noqa: E402
 from swav.engine.recipe import suggest_recipe  # noqa: E402
+from swav.interop.checkpoints import load_checkpoint  # noqa: E402
 from swav.model.config import build_from_config  # noqa: E402
 
 
@@ -81,6 +83,9 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, default=2000)
     ap.add_argument("--train-limit", type=int, default=5000)
     ap.add_argument("--probe-epochs", type=int, default=30)
+    ap.add_argument(
+        "--checkpoint", default=None, help="a trained run or checkpoint: also in colour and grey"
+    )
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     quality.TRAIN_LIMIT = args.train_limit
@@ -102,6 +107,11 @@ def main() -> None:
         "random_network": network,
         "random_network_grey": Grey(network, mc.mean, mc.std),
     }
+    if args.checkpoint:
+        trained = load_checkpoint(args.checkpoint, ignore=("head",)).model.backbone.eval()
+        features["trained"] = trained
+        features["trained_grey"] = Grey(trained, mc.mean, mc.std)
+        record["checkpoint"] = args.checkpoint
     for key, model in features.items():
         record[key] = quality.evaluate(model.eval(), cfg, args.eval_limit, args.probe_epochs)
         print(key, json.dumps(record[key]), flush=True)

@@ -117,13 +117,20 @@ def budget_section(records: list[dict], colour: list[dict]) -> list[str]:
             "histogram alone (no network), the random network, and the same network given the "
             "images in grey, on the same held-out images and kNN bank (kNN k = 20 / fast linear):",
             "",
-            "| data | network | colour histogram | random network | random network, grey |",
-            "|---|---|---|---|---|",
+            "| data | network | colour histogram | random network | random network, grey | "
+            "trained | trained, grey |",
+            "|---|---|---|---|---|---|---|",
         ]
         for c in colour:
             cells = [
-                f"{c[k]['knn_k20']:.1f} / {c[k]['linear_fast']:.1f}"
-                for k in ("colour_histogram", "random_network", "random_network_grey")
+                f"{c[k]['knn_k20']:.1f} / {c[k]['linear_fast']:.1f}" if k in c else "-"
+                for k in (
+                    "colour_histogram",
+                    "random_network",
+                    "random_network_grey",
+                    "trained",
+                    "trained_grey",
+                )
             ]
             out.append(f"| {c['name']} | {c['arch']} | " + " | ".join(cells) + " |")
         out += ["", "Commands:", ""] + [f"- `{c['command']}`" for c in colour] + [""]
