@@ -112,9 +112,9 @@ def bench_loader(images: int = 96, batch: int = 16) -> dict:
     sys.path.insert(0, str(HERE))
     from perf import test_jpeg
 
+    from swav.data.images import ImageSource
     from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
     from swav.data.multicrop import MultiCrop
-    from swav.data.sources import ImageSource
 
     jpeg = test_jpeg()
     source = ImageSource([jpeg] * images, [-1] * images, [], "bench")

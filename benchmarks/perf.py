@@ -114,7 +114,8 @@ def test_jpeg() -> bytes:
     """A real photo (an Imagenette image) resized to 500 x 375, as JPEG quality 90."""
     from PIL import Image
 
-    from swav.data.sources import load_rgb, open_source
+    from swav.data.images import load_rgb
+    from swav.data.sources import open_source
 
     src = open_source(str(SHARED / "imagenette-96.tar.gz"), "val")
     img = load_rgb(src[0][0]).resize((500, 375), Image.BICUBIC)
@@ -147,8 +148,8 @@ def lightly_transform():
 
 
 def bench_multicrop(rounds=5, reps=20) -> dict:
+    from swav.data.images import load_rgb
     from swav.data.multicrop import MultiCrop
-    from swav.data.sources import load_rgb
 
     torch.set_num_threads(1)
     jpeg = test_jpeg()
@@ -390,8 +391,8 @@ def _memory_target(part: str) -> None:
         )
         (sinkhorn if side == "ours" else naive_sinkhorn)(s)
     elif what == "multicrop":
+        from swav.data.images import load_rgb
         from swav.data.multicrop import MultiCrop
-        from swav.data.sources import load_rgb
 
         jpeg = test_jpeg()
         t = MultiCrop() if side == "ours" else lightly_transform()

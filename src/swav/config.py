@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from swav import run_length
+import swav.run_length as run_length
 from swav.data.multicrop_config import MultiCropConfig
 from swav.data.sources import DataConfig
 from swav.errors import ConfigError

@@ -10,8 +10,9 @@ import time
 import pytest
 
 import swav.data.sources as sources
+from swav.data.images import DataError
 from swav.data.listing import ArchiveMembers, PackedStrings, cache_root
-from swav.data.sources import DataError, folder_source, tar_source
+from swav.data.sources import folder_source, tar_source
 
 
 @pytest.fixture

@@ -359,8 +359,9 @@ def test_batch_on_the_configured_device_and_bad_calls():
 
 
 def test_decode_only_loader_feeds_the_batched_path_across_worker_processes():
+    from swav.data.images import load_rgb
     from swav.data.loader import Decoded, EpochSampler, MultiCropDataset, make_loader, sample_seed
-    from swav.data.sources import digits_source, load_rgb
+    from swav.data.sources import digits_source
 
     source = digits_source("train")
     mc = MultiCrop(n_crops=[1, 2], sizes=[16, 8], min_scale=[0.5, 0.2], max_scale=[1, 0.5])
@@ -418,6 +419,7 @@ def test_the_loader_ships_uint8_and_training_normalises_them():
 
 
 def test_jpegs_can_leave_the_workers_undecoded_and_be_decoded_as_a_batch(tmp_path):
+    from swav.data.images import load_rgb
     from swav.data.loader import (
         Decoded,
         Encoded,
@@ -426,7 +428,7 @@ def test_jpegs_can_leave_the_workers_undecoded_and_be_decoded_as_a_batch(tmp_pat
         collate_crops,
         decode_batch,
     )
-    from swav.data.sources import folder_source, load_rgb
+    from swav.data.sources import folder_source
 
     rng = np.random.default_rng(0)
     for i in range(5):

@@ -8,10 +8,11 @@ import pytest
 
 from swav.cli import main
 from swav.config import build_config
+from swav.data.images import DataError, load_rgb
 from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
 from swav.data.multicrop import MultiCrop, MultiCropConfig
 from swav.data.shards import pack_shards
-from swav.data.sources import DataError, digits_source, folder_source, load_rgb, open_source
+from swav.data.sources import digits_source, folder_source, open_source
 from swav.engine.train import pretrain
 from tests.conftest import tiny_overrides
 

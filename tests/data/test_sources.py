@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from swav.data.images import DataError, load_rgb
 from swav.data.multicrop import MultiCrop
-from swav.data.sources import DataError, digits_source, load_rgb, open_source
+from swav.data.sources import digits_source, open_source
 from tests.conftest import SHARED
 
 

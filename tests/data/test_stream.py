@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from swav.config import build_config
+from swav.data.images import DataError
 from swav.data.multicrop import MultiCrop, MultiCropConfig
 from swav.data.shards import pack_shards
-from swav.data.sources import DataError, digits_source
+from swav.data.sources import digits_source
 from swav.data.stream import (
     StreamDataset,
     expand_braces,

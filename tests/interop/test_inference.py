@@ -227,7 +227,7 @@ def test_assign_reads_each_image_once_and_reports_the_unreadable(
     """`swav assign` decodes each image once (the first twice: the check that one is readable,
     made before the model loads), prints the readable ones in order and names the others."""
     import swav.interop.inference as inference
-    from swav.data.sources import load_rgb
+    from swav.data.images import load_rgb
 
     paths = _random_pngs(tmp_path, 5, (12, 12), seed=1)
     (tmp_path / "2.png").write_bytes(b"\x89PNG broken")
@@ -248,7 +248,7 @@ def test_assign_reads_each_image_once_and_reports_the_unreadable(
 
 def test_image_batches_equal_one_batch(tmp_path):
     """Streaming in batches gives the same tensors, in the same order, as one stack."""
-    from swav.data.sources import load_rgb
+    from swav.data.images import load_rgb
     from swav.data.transforms import EvalTransform
     from swav.interop.inference import image_batches
 

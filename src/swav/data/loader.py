@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from swav.data.images import ImageSource, load_rgb
 from swav.data.multicrop import MultiCrop
-from swav.data.sources import ImageSource, load_rgb
 from swav.data.transforms import to_uint8_tensor
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from swav.data.sources import DataError, ImageSource, _is_image
+from swav.data.images import DataError, ImageSource, is_image
 
 FORMAT = "swav-shards/1"
 INDEX = "index.json"
@@ -131,7 +131,7 @@ def _scan(path: Path) -> list[list[Any]]:
                     continue
                 key, _, ext = m.name.rpartition(".")
                 entry = by_key.setdefault(key, {})
-                if _is_image(m.name):
+                if is_image(m.name):
                     entry["image"] = [m.name, m.offset_data, m.size]
                 elif ext == "cls":
                     f = tf.extractfile(m)

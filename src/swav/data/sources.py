@@ -8,7 +8,6 @@ Labels are only kept for evaluation; training never looks at them.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import tarfile
@@ -20,8 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
 
+from swav.data.images import (
+    IMAGE_EXTENSIONS,
+    DataError,
+    ImageSource,
+    is_image,
+)
 from swav.data.listing import (
     ArchiveMembers,
     Listing,
@@ -29,23 +33,9 @@ from swav.data.listing import (
     cached_archive_listing,
     cached_folder_listing,
 )
-from swav.errors import SwAVError
+from swav.data.shards import is_shard_set, shard_source
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".ppm",
-    ".bmp",
-    ".pgm",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".gif",
-)
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, counted and skipped
 
 
 @dataclass
@@ -77,82 +67,6 @@ class DataConfig:
     sized with train.threads to the cores the process may use, printed at start)."""
 
 
-class DataError(SwAVError, ValueError):
-    """The data cannot be used as given; the message names the path and what to change."""
-
-
-def load_rgb(item: Any) -> Image.Image:
-    """Decode a path, bytes or image into an 8-bit RGB PIL image.
-
-    16-bit and 32-bit greyscale are rescaled to 0-255 (PIL's own conversion would clip them);
-    transparent images are composited on white; CMYK, palette and greyscale become RGB.
-    """
-    if isinstance(item, Image.Image):
-        img = item
-    elif isinstance(item, np.ndarray):
-        img = Image.fromarray(item)
-    else:
-        src = io.BytesIO(item) if isinstance(item, bytes | bytearray) else item
-        img = Image.open(src)
-        img.load()
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        if img.mode in ("I", "F") and arr.max() <= 255 and arr.min() >= 0:
-            hi = 255.0
-        arr = np.clip(np.rint(arr / hi * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, rgba).convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-@dataclass
-class ImageSource(torch.utils.data.Dataset):
-    """A list of undecoded items with labels and class names."""
-
-    items: Sequence[Any]
-    labels: Sequence[int] | np.ndarray
-    classes: list[str]
-    origin: str
-    names: Sequence[str] | None = None
-    """A readable name per item (relative path or archive member), when there is one."""
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        item = self.items[index]
-        if isinstance(item, tuple):  # (tar path, offset, size): read lazily
-            path, offset, size = item
-            with open(path, "rb") as f:
-                f.seek(offset)
-                item = f.read(size)
-        return item, int(self.labels[index])
-
-    @property
-    def labelled(self) -> bool:
-        return bool(self.classes)
-
-    def subset(self, indices: Sequence[int]) -> ImageSource:
-        return ImageSource(
-            [self.items[i] for i in indices],
-            [self.labels[i] for i in indices],
-            self.classes,
-            self.origin,
-            [self.names[i] for i in indices] if self.names else None,
-        )
-
-    def item_names(self) -> Sequence[str]:
-        return self.names or [f"{self.origin}#{i}" for i in range(len(self))]
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
 def _entry_is(entry: os.DirEntry[str], kind: str) -> bool:
     """``entry.is_file()`` / ``is_dir()``, False for an entry that cannot be followed (a
     symbolic link in a loop, or to where this user may not look): skipped with a warning
@@ -178,7 +92,7 @@ def _walk_images(top: str, dirs: dict[str, int]) -> list[str]:
                 name = os.path.join(rel, e.name) if rel else e.name
                 if e.is_dir(follow_symlinks=False):
                     stack.append(name)
-                elif _is_image(e.name) and _entry_is(e, "file"):
+                elif is_image(e.name) and _entry_is(e, "file"):
                     found.append(name)
     return sorted(found)
 
@@ -190,7 +104,7 @@ def _list_folder(root: Path) -> Listing:
     with os.scandir(top) as entries:
         children = list(entries)
     subdirs = sorted(e.name for e in children if not e.name.startswith(".") and _entry_is(e, "dir"))
-    direct = any(_is_image(e.name) and _entry_is(e, "file") for e in children)
+    direct = any(is_image(e.name) and _entry_is(e, "file") for e in children)
     dirs: dict[str, int] = {}
     names: list[str] = []
     labels: list[int] = []
@@ -297,7 +211,7 @@ def _tar_entries(
     """(name, path parts below the split, bytes or (file, offset, size)) of every image."""
     entries = []
     for m in tf:
-        if not m.isfile() or not _is_image(m.name):
+        if not m.isfile() or not is_image(m.name):
             continue
         parts = Path(m.name).parts
         if any(p.startswith(".") for p in parts):
@@ -413,8 +327,6 @@ def open_source(
         return digits_source(split, seed)
     if source in ("cifar10", "cifar100", "stl10"):
         return torchvision_source(source, root, split, download)
-    from swav.data.shards import is_shard_set, shard_source
-
     if split and is_shard_set(str(Path(source) / split)):  # OUT/train, OUT/val, ... packed apart
         return shard_source(str(Path(source) / split))
     p = Path(source).expanduser()

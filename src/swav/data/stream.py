@@ -34,9 +34,9 @@ from typing import IO, Any
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from swav.data.images import DataError, is_image, load_rgb
 from swav.data.loader import Corrupt, collate_crops, ignore_stop_signals, sample_seed
 from swav.data.multicrop import MultiCrop
-from swav.data.sources import DataError, _is_image, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def shard_samples(url: str) -> Iterator[tuple[str, bytes | None, int]]:
                     key, image, label = k, None, -1
                 f = tf.extractfile(m)
                 data = f.read() if f else b""
-                if image is None and _is_image(m.name):
+                if image is None and is_image(m.name):
                     image = data
                 elif ext == "cls":
                     label = int(data.decode().strip() or -1)

@@ -48,7 +48,8 @@ from typing import Any
 
 import torch
 
-from swav.data.sources import DataError, ImageSource, load_rgb, open_source
+from swav.data.images import DataError, ImageSource, load_rgb
+from swav.data.sources import open_source
 from swav.engine.budget import format_duration
 from swav.engine.runtime import cpu_supports_bf16
 from swav.model.swav import build_model

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from swav.config import Config, resolve_run_length, save_config, validate
+from swav.data.images import DataError
 from swav.data.loader import EpochSampler, decode_batch
 from swav.data.multicrop import MultiCrop
-from swav.data.sources import DataError
 from swav.data.stream import StreamDataset
 from swav.engine.budget import MEASURE_STEPS, TimeBudget
 from swav.engine.checkpoint import keep_copy, safe_load

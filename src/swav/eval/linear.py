@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from swav.data.sources import ImageSource
+from swav.data.images import ImageSource
 from swav.data.transforms import EvalTransform, TrainTransform
 from swav.model.features import ImageDataset, image_loader
 

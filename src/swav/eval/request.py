@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swav.data.sources import DataError, ImageSource, limit_source, open_source
+from swav.data.images import DataError, ImageSource
+from swav.data.sources import limit_source, open_source
 from swav.data.transforms import EvalTransform
 from swav.engine.run_dir import RunDir, guard_output
 from swav.interop.checkpoints import LoadedModel, load_checkpoint

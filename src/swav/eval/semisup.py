@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from swav.data.sources import DataError, ImageSource
+from swav.data.images import DataError, ImageSource
 from swav.data.transforms import EvalTransform, TrainTransform
 from swav.errors import UsageError
 from swav.eval.linear import (

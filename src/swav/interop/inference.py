@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from swav.data.sources import DataError, ImageSource, load_rgb
+from swav.data.images import DataError, ImageSource, load_rgb
 from swav.data.transforms import EvalTransform
 from swav.engine.checkpoint import atomic_write
 from swav.engine.run_dir import check_writable

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from swav.data.sources import ImageSource, load_rgb
+from swav.data.images import ImageSource, load_rgb
 from swav.errors import UsageError
 
 log = logging.getLogger(__name__)

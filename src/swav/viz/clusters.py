@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from swav.data.sources import ImageSource, load_rgb
+from swav.data.images import ImageSource, load_rgb
 from swav.errors import UsageError
 from swav.viz.images import pyplot, save_figure, thumbnail
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from swav.data.sources import DataError, ImageSource, limit_source, open_source
+from swav.data.images import DataError, ImageSource
+from swav.data.sources import limit_source, open_source
 from swav.interop.checkpoints import LoadedModel, load_checkpoint
 from swav.model.features import extract_features
 

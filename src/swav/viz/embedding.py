@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from swav.data.sources import ImageSource
+from swav.data.images import ImageSource
 from swav.errors import UsageError
 from swav.viz.images import pyplot, save_figure, thumbnail
 

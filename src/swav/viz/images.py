@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from swav.data.sources import ImageSource, load_rgb
+from swav.data.images import ImageSource, load_rgb
 from swav.engine.checkpoint import atomic_write
 
 STYLE: dict[str, Any] = {

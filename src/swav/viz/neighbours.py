@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from swav.data.sources import ImageSource
+from swav.data.images import ImageSource
 from swav.errors import UsageError
 from swav.viz.images import pyplot, save_figure, short_name, thumbnail
 
