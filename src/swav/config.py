@@ -24,7 +24,7 @@ from swav.data.multicrop_config import MultiCropConfig
 from swav.data.sources import DataConfig
 from swav.errors import ConfigError
 from swav.model.config import ModelConfig
-from swav.objective.cluster_loss import METHODS, ClusterConfig
+from swav.objective.cluster_loss import ClusterConfig
 from swav.objective.swav_loss import SwAVConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -417,8 +417,8 @@ def _check_data(cfg: Config, world_size: int) -> None:
 
 
 def _check_stream(cfg: Config, world_size: int) -> None:
-    """A streaming source needs its epoch length, and trains SwAV only (the clustering methods
-    keep a memory bank indexed by image)."""
+    """A streaming source needs its epoch length (whether the method can train from one is
+    the method's own rule: ``swav.engine.method``)."""
     from swav.data.stream import is_stream
 
     d = cfg.data
@@ -437,12 +437,6 @@ def _check_stream(cfg: Config, world_size: int) -> None:
         "multicrop.on_device",
         "is not available with a streaming source: its loader workers make the crops",
     )
-    _check(
-        cfg.method == "swav",
-        "method",
-        f"{cfg.method} keeps a memory bank indexed by image, which a streaming source has not: "
-        "pack the data with `swav shards` and give the shard folder instead",
-    )
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -450,22 +444,32 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
-def _check_method(cfg: Config) -> None:
+_VALIDATED: dict[int, tuple[int, dict[str, Any]]] = {}
+"""The settings each configuration (by id) was last validated with, and the world size."""
+
+
+def validate(cfg: Config, world_size: int = 1) -> None:
+    """Refuse settings that cannot train, naming the key and what is allowed. A configuration
+    validated before with the same settings and world size is not checked again."""
+    seen = (world_size, cfg.to_dict())
+    if _VALIDATED.get(id(cfg)) == seen:
+        return
+    _check_settings(cfg, world_size)
+    _VALIDATED[id(cfg)] = seen
+
+
+def check_dataset_size(cfg: Config, world_size: int, dataset_size: int) -> None:
+    """Refuse a global batch larger than the data."""
+    global_batch = cfg.train.batch_size * world_size
     _check(
-        cfg.method in METHODS, "method", f"must be one of {', '.join(METHODS)}; got {cfg.method!r}"
+        dataset_size >= global_batch,
+        "train.batch_size",
+        f"the global batch ({global_batch}) is larger than the dataset ({dataset_size} "
+        f"images); use at most {dataset_size // world_size} per process",
     )
-    if cfg.method == "deepclusterv2":
-        _check(cfg.cluster.kmeans_iterations >= 1, "cluster.kmeans_iterations", "must be >= 1")
-    if cfg.method != "swav":
-        _check(
-            cfg.swav.queue_length == 0,
-            "swav.queue_length",
-            f"must be 0 for {cfg.method} (its memory bank replaces the queue)",
-        )
 
 
-def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) -> None:
-    """Refuse settings that cannot train, naming the key and what is allowed."""
+def _check_settings(cfg: Config, world_size: int) -> None:
     o, t, s, m = cfg.optim, cfg.train, cfg.swav, cfg.model
     for key in ("base_lr", "final_lr", "start_warmup"):
         v = getattr(o, key)
@@ -493,7 +497,6 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
     )
     _check(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     _check(t.iters_per_epoch >= 0, "train.iters_per_epoch", "must be >= 0")
-    _check_method(cfg)
     _check(t.save_every >= 0, "train.save_every", "must be >= 0")
     _check(t.global_batch >= 0, "train.global_batch", "must be >= 0 (0: not stated)")
     _check(t.save_every_iters >= 0, "train.save_every_iters", "must be >= 0 (0: epoch ends only)")
@@ -536,13 +539,6 @@ def validate(cfg: Config, world_size: int = 1, dataset_size: int | None = None) 
             f"must be a positive multiple of the global batch size {global_batch} "
             f"(e.g. {global_batch * max(1, round(s.queue_length / global_batch))}), "
             f"got {s.queue_length}",
-        )
-    if dataset_size is not None:
-        _check(
-            dataset_size >= global_batch,
-            "train.batch_size",
-            f"the global batch ({global_batch}) is larger than the dataset ({dataset_size} "
-            f"images); use at most {dataset_size // world_size} per process",
         )
 
 

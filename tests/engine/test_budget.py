@@ -116,10 +116,10 @@ def test_a_plan_from_steps_timed_too_fast_is_made_again_from_the_first_real_step
     """Synthetic crops leave the data out of the timed step; the first real steps correct the
     plan while the first epoch is under way, so that the run still has its epochs and ends on
     time."""
-    import swav.engine.train as train
+    import swav.engine.pacing as pacing
 
-    timed = train._time_a_step
-    monkeypatch.setattr(train, "_time_a_step", lambda t: timed(t) / 4)  # 4x too fast
+    timed = pacing._time_a_step
+    monkeypatch.setattr(pacing, "_time_a_step", lambda t: timed(t) / 4)  # 4x too fast
     run = tmp_path / "calibrated"
     over = {**OVER, "train.iters_per_epoch": 0, "data.limit": 1024, "train.time_budget": "25s"}
     cfg = build_config(None, tiny_overrides(run, **over))

@@ -79,7 +79,7 @@ def test_resolved_config_written(tmp_path):
 
 
 def test_learning_rate_follows_the_global_batch_the_preset_states():
-    from swav.engine.train import lr_batch_scale
+    from swav.engine.trainer import lr_batch_scale
 
     cfg = build_config("imagenet_800ep_bs4096", [])
     assert cfg.train.global_batch == cfg.train.batch_size * 64 == 4096

@@ -274,7 +274,7 @@ def _weights_after(run, extra):
 
 
 def test_rerunning_a_finished_run_changes_nothing(tmp_path, capsys, monkeypatch):
-    import swav.engine.train as train
+    import swav.engine.trainer as trainer
     from swav.cli import main
 
     run = tmp_path / "done"
@@ -286,7 +286,7 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path, capsys, monkeypatch)
         raise AssertionError("a finished run read its data")
 
     with monkeypatch.context() as m:  # answered from the checkpoint, before any data is listed
-        m.setattr(train, "build_data", no_data)
+        m.setattr(trainer, "build_data", no_data)
         again = pretrain(cfg, progress=False)
     assert again.already_finished and again.epochs_done == 1
     assert again.iterations == first.iterations

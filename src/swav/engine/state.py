@@ -1,9 +1,10 @@
 """Everything a run needs to continue exactly where it stopped, saved and restored by one object.
 
 The checkpoint (format ``swav-run/1``) holds the model, the optimiser, the gradient scaler, the
-feature queue (every rank's, in distributed runs), the position (epoch and next batch), the
-random states, the configuration and its fingerprint, the names of the images skipped so far,
-and the settings changed by recoveries from collapse. The sampler and every crop are seeded
+method's own state (SwAV's feature queue, a clustering method's memory bank: every rank's, in
+distributed runs), the position (epoch and next batch), the random states, the configuration
+and its fingerprint, the names of the images skipped so far, and the settings changed by
+recoveries from collapse. The sampler and every crop are seeded
 from (seed, epoch, index), so nothing else is needed.
 """
 
@@ -20,12 +21,13 @@ import torch.distributed as dist
 from swav.config import Config, config_from_dict, identity_changes
 from swav.engine.checkpoint import atomic_save, safe_load
 from swav.engine.distributed import DistInfo
+from swav.engine.method import Method
 from swav.engine.recovery import Adjustments
 from swav.engine.run_dir import CHECKPOINT_FORMAT, RunDir, is_run_checkpoint
 from swav.engine.runtime import rng_state, set_rng_state
 from swav.errors import SwAVError
 from swav.model.swav import SwAV
-from swav.objective.queue import FeatureQueue
+from swav.objective.swav_loss import Objective
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,7 @@ def _model_changes(saved: dict[str, Any], current: dict[str, Any]) -> str:
     return f" ({', '.join(changed)})" if changed else ""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunState:
     """The training state of a run, with ``state_dict`` / ``load_state_dict`` for checkpoints."""
 
@@ -133,16 +135,16 @@ class RunState:
     model: SwAV
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    queue: FeatureQueue | None
     iters_per_epoch: int
+    method: Method
+    objective: Objective
+    """The objective, whose own state (queue, memory bank) the method saves and restores."""
     epoch: int = 0
     next_batch: int = 0
     corrupt: list[str] = field(default_factory=list)
     budget: Any = None
     """The run's ``TimeBudget`` (its plan and the time spent are saved), None without one."""
     adjustments: Adjustments = field(default_factory=Adjustments)
-    objective: Any = None
-    """The objective, when it has state of its own (the clustering methods' memory bank)."""
     sample_offset: int = 0
     """Images of the current epoch read beyond ``next_batch`` whole global batches: non-zero
     only in an epoch resumed on another number of processes."""
@@ -157,8 +159,8 @@ class RunState:
         return self.next_batch * self.global_batch + self.sample_offset
 
     def state_dict(self) -> dict[str, Any]:
-        """The checkpoint's contents (a collective in distributed runs with a queue: every
-        rank must call it)."""
+        """The checkpoint's contents (a collective in distributed runs: every rank must call
+        it)."""
         return {
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
@@ -169,12 +171,13 @@ class RunState:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "queue": self._queue_state(),
+            "queue": None,
+            "objective": None,
+            **self.method.save(self.objective, self.dist),
             "rng": rng_state(),
             "config": self.cfg.to_dict(),
             "fingerprint": self.cfg.fingerprint(),
             "corrupt": self._all_corrupt(),
-            "objective": self._objective_state(),
             "recovery": self.adjustments.state_dict(),
             "budget": self.budget.state_dict() if self.budget is not None else None,
         }
@@ -184,9 +187,7 @@ class RunState:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        if self.queue is not None and state.get("queue") is not None:
-            self._load_queue(dict(state["queue"]))
-        self._load_objective_state(state.get("objective"))
+        self.method.load(self.objective, self.dist, state)
         self.epoch, self.next_batch = state["epoch"], state["next_batch"]
         saved_world = int(state.get("world_size", self.dist.world_size))
         if saved_world != self.dist.world_size:  # the position in the epoch, in images
@@ -219,82 +220,3 @@ class RunState:
             dist.all_gather_object(lists, self.corrupt)
             self.corrupt = list(dict.fromkeys(name for part in lists for name in part or []))
         return list(self.corrupt)
-
-    def _objective_state(self) -> dict[str, Any] | None:
-        """The objective's own state; with several processes, every process's memory bank
-        (each holds the images it saw)."""
-        extra = getattr(self.objective, "extra_state", None)
-        if extra is None:
-            return None
-        st: dict[str, Any] = extra()
-        if self.dist.enabled:
-            bank = st["bank"]
-            for key in ("embeddings", "indices"):
-                t = bank[key].contiguous()
-                parts = [torch.zeros_like(t) for _ in range(self.dist.world_size)]
-                dist.all_gather(parts, t)
-                bank[key] = torch.stack(parts).cpu()
-            st["per_rank"] = True
-        return st
-
-    def _load_objective_state(self, st: dict[str, Any] | None) -> None:
-        load = getattr(self.objective, "load_extra_state", None)
-        if load is None or st is None:
-            return
-        st = dict(st)
-        if st.pop("per_rank", False):
-            bank = dict(st["bank"])
-            if bank["indices"].shape[0] != self.dist.world_size:
-                log.warning(
-                    "the memory bank was saved by %d processes, this run has %d: it is filled "
-                    "again",
-                    bank["indices"].shape[0],
-                    self.dist.world_size,
-                )
-                return
-            st["bank"] = {k: v[self.dist.rank] for k, v in bank.items()}
-        load(st)
-
-    def _load_queue(self, q: dict[str, Any]) -> None:
-        """This process's queue from the checkpoint; saved by another number of processes,
-        the queue is dealt out again (every saved embedding is kept)."""
-        assert self.queue is not None
-        per_rank = q.pop("per_rank", None)
-        saved = per_rank if per_rank is not None else q["embeddings"].unsqueeze(0)
-        if saved.shape[0] == self.dist.world_size:
-            q["embeddings"] = saved[self.dist.rank]
-            self.queue.load_state_dict(q)
-            return
-        # the filled rows of every saved queue (each fills from the front), dealt out again:
-        # empty slots never count as embeddings
-        filled = min(int(q["filled"]), saved.shape[2])
-        real = torch.cat([part[:, :filled] for part in saved], dim=1)
-        length = self.queue.length
-        mine = min(length, real.shape[1] // self.dist.world_size)
-        if mine < real.shape[1] // self.dist.world_size:
-            log.warning(
-                "the saved queue holds %d embeddings, more than %d queues of %d: the oldest are "
-                "left out",
-                real.shape[1],
-                self.dist.world_size,
-                length,
-            )
-        embeddings = torch.zeros_like(self.queue.embeddings, device="cpu")
-        start = self.dist.rank * mine
-        embeddings[:, :mine] = real[:, start : start + mine]
-        self.queue.load_state_dict({"embeddings": embeddings, "filled": torch.tensor(mine)})
-
-    def _queue_state(self) -> dict[str, Any] | None:
-        if self.queue is None:
-            return None
-        if not self.dist.enabled:
-            return dict(self.queue.state_dict())
-        # every rank's queue, so that each rank resumes with its own
-        emb = self.queue.embeddings
-        parts = [torch.zeros_like(emb) for _ in range(self.dist.world_size)]
-        dist.all_gather(parts, emb.contiguous())
-        return {
-            "embeddings": emb.cpu(),
-            "filled": self.queue.filled,
-            "per_rank": torch.stack(parts).cpu(),
-        }

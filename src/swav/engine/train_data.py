@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from swav.config import Config, validate
+from swav.config import Config, check_dataset_size
 from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
 from swav.data.multicrop import MultiCrop
 from swav.data.sources import training_source
@@ -33,7 +33,7 @@ class TrainData:
 
 
 def build_data(cfg: Config, info: DistInfo, device: torch.device) -> TrainData:
-    """Opens the training data (validating the settings against its size), and sizes the
+    """Opens the training data (checking the batch against its size), and sizes the
     intra-op threads and loader workers together to this process's cores."""
     budget = thread_budget(cfg.train.threads, cfg.data.workers, device, info.local_world_size)
     torch.set_num_threads(budget.threads)
@@ -43,7 +43,6 @@ def build_data(cfg: Config, info: DistInfo, device: torch.device) -> TrainData:
     bs, seed, uint8 = cfg.train.batch_size, cfg.train.seed, cfg.data.transfer == "uint8"
     pin = device.type == "cuda"
     if is_stream(cfg.data.source):
-        validate(cfg, world_size=info.world_size)
         stream = StreamDataset(
             stream_shards(cfg.data.source),
             transform,
@@ -59,7 +58,7 @@ def build_data(cfg: Config, info: DistInfo, device: torch.device) -> TrainData:
         loader = make_stream_loader(stream, bs, budget.workers, pin)
         return TrainData(cfg.data.samples_per_epoch, stream, transform, loader)
     source = training_source(cfg.data, seed)
-    validate(cfg, world_size=info.world_size, dataset_size=len(source))
+    check_dataset_size(cfg, info.world_size, len(source))
     sampler = EpochSampler(
         len(source), bs, seed, info.rank, info.world_size, cfg.train.iters_per_epoch
     )

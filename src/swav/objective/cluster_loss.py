@@ -30,8 +30,6 @@ from swav.objective.clustering import BankShard, global_labels, sela_assignments
 from swav.objective.swav_loss import Objective, StepInput, SwAVConfig, SwAVStep
 from swav.run_length import absolute
 
-METHODS = ("swav", "deepclusterv2", "selav2")
-
 
 @dataclass
 class ClusterConfig:
