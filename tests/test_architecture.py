@@ -93,6 +93,96 @@ def test_the_layer_check_can_fail():
     assert {_layer(m) for m in found} == {5, 9}
 
 
+def _module_edges(path: Path, modules: set[str]) -> set[str]:
+    """The swav modules a file imports, anywhere in it (inside functions and ``if
+    TYPE_CHECKING`` blocks too): ``from swav.a import b`` is ``swav.a.b`` when that is a
+    module, else ``swav.a``."""
+    module = _module_name(path)
+    found = set()
+    for name in _imports(ast.parse(path.read_text()), module, path.stem == "__init__"):
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        if name and name != module:
+            found.add(name)
+    return found
+
+
+def import_cycles(paths: list[Path]) -> list[list[str]]:
+    """The circles of the import graph (strongly connected groups of two or more modules)."""
+    modules = {_module_name(p): p for p in paths}
+    graph = {m: _module_edges(p, set(modules)) for m, p in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_the_import_graph_has_no_circle():
+    """Counting imports inside functions: one placed there to dodge a circle still closes it
+    (imports inside functions are for start-up time only)."""
+    cycles = import_cycles(_sources())
+    assert not cycles, "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_circle_check_can_fail(tmp_path):
+    pkg = tmp_path / "swav"
+    (pkg / "engine").mkdir(parents=True)
+    (pkg / "engine" / "a.py").write_text("from swav.engine.b import f\n")
+    (pkg / "engine" / "b.py").write_text("def f():\n    from swav.engine import a\n")
+    paths = sorted(pkg.rglob("*.py"))
+    global SRC
+    real, SRC = SRC, pkg
+    try:
+        assert import_cycles(paths) == [["swav.engine.a", "swav.engine.b"]]
+    finally:
+        SRC = real
+
+
+MAX_POSITIONAL = 6
+
+
+def _crowded_calls(tree: ast.AST) -> list[tuple[int, str, int]]:
+    return [
+        (n.lineno, ast.unparse(n.func), len(n.args))
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and len(n.args) > MAX_POSITIONAL
+    ]
+
+
+def test_no_call_passes_more_than_six_positional_arguments():
+    crowded = [
+        f"{_module_name(path)}:{line} {func}({n} positional)"
+        for path in _sources()
+        for line, func, n in _crowded_calls(ast.parse(path.read_text()))
+    ]
+    assert not crowded, "\n".join(crowded)
+    assert _crowded_calls(ast.parse("f(1, 2, 3, 4, 5, 6, 7)\nf(1, 2, 3, 4, 5, 6, x=7)"))[0][0] == 1
+
+
 MAX_LINES = 80
 
 

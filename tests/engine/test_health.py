@@ -5,8 +5,10 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from swav.config import build_config, presets, resolve_run_length
+from swav.engine.checkpoint import safe_load
 from swav.engine.health import CollapseError, CollapseMonitor
 from swav.engine.run_dir import read_metrics
 from swav.engine.train import pretrain
@@ -148,9 +150,15 @@ def test_recover_returns_a_collapsed_run_to_non_uniform_codes(tmp_path):
     run = tmp_path / "recover"
     overrides = {**FORCED, "train.epochs": 6, "train.on_collapse": "recover"}
     cfg = build_config(None, tiny_overrides(run, **overrides, **{"train.max_recoveries": 6}))
+    given = cfg.to_dict()
     r = pretrain(cfg, progress=False)
     assert r.epochs_done == 6 and r.healthy and r.recoveries
     assert all("epsilon" in rec for rec in r.recoveries)  # uniform codes, spread embeddings
+    # the changes live in the run state (checkpoint, log); the configuration stays as given
+    assert cfg.to_dict() == given and cfg.swav.epsilon == 2.0
+    saved = safe_load(run / "checkpoint.pt")
+    assert saved["config"]["swav"]["epsilon"] == 2.0 and saved["recovery"]["epsilon"] < 2.0
+    assert yaml.safe_load((run / "config.yaml").read_text())["swav"]["epsilon"] == 2.0
     records = [m for m in read_metrics(run) if m.get("kind") == "recovery"]
     assert len(records) == len(r.recoveries)
     last = _health(run)[-3:]

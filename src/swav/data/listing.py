@@ -193,7 +193,13 @@ def _load(folder: Path) -> Listing | None:
         return None
     names = PackedStrings(arrays["names"], arrays["offsets"])
     return Listing(
-        names, arrays["labels"], meta["classes"], meta["root"], meta["dirs"], offsets, sizes
+        names,
+        arrays["labels"],
+        meta["classes"],
+        meta["root"],
+        meta["dirs"],
+        offsets=offsets,
+        sizes=sizes,
     )
 
 

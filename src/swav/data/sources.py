@@ -202,7 +202,7 @@ def _list_archive(path: Path, split: str) -> Listing:
         return Listing(names, labels, classes, str(path), {}, data=[d for _, _, d in entries])
     offsets = np.asarray([d[1] for _, _, d in entries], dtype=np.int64)
     sizes = np.asarray([d[2] for _, _, d in entries], dtype=np.int64)
-    return Listing(names, labels, classes, str(path), {}, offsets, sizes)
+    return Listing(names, labels, classes, str(path), {}, offsets=offsets, sizes=sizes)
 
 
 def _tar_entries(

@@ -122,14 +122,10 @@ class TimeBudget:
         iters = self.iters_per_epoch
         whole = iters == self.full_epoch
         part = "" if whole else f" (each a random {iters} of the data's {self.full_epoch})"
+        spent = format_duration(self.spent)
+        plan = f"{self.epochs} epochs of {iters} iterations{part}"
         log.info(
-            "time budget %s: %s, %s spent -> %d epochs of %d iterations%s",
-            format_duration(self.seconds),
-            how,
-            format_duration(self.spent),
-            self.epochs,
-            iters,
-            part,
+            "time budget %s: %s, %s spent -> %s", format_duration(self.seconds), how, spent, plan
         )
 
     def calibrating(self, epoch: int) -> bool:

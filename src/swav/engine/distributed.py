@@ -52,14 +52,14 @@ def init_distributed(device: torch.device) -> DistInfo:
     info = DistInfo(
         dist.get_rank(), dist.get_world_size(), launch.local_rank, True, launch.local_world_size
     )
+    rendezvous = f"{launch.master_addr}:{launch.master_port}"
     log.info(
-        "process %d of %d (%s, launched by %s, rendezvous %s:%d)",
+        "process %d of %d (%s, launched by %s, rendezvous %s)",
         info.rank,
         info.world_size,
         backend,
         launch.launcher,
-        launch.master_addr,
-        launch.master_port,
+        rendezvous,
     )
     return info
 

@@ -156,7 +156,16 @@ class CollapseMonitor:
         if self.declared or last - self.since + 1 < self.patience:
             return None
         self.declared = True
-        return Collapse(last, self.since, uniform, flat, at_ln_k, ratio, scaled, queue_active)
+        return Collapse(
+            last,
+            self.since,
+            uniform_codes=uniform,
+            flat_embeddings=flat,
+            loss_at_ln_k=at_ln_k,
+            entropy_ratio=ratio,
+            spread=scaled,
+            queue_active=queue_active,
+        )
 
     def check_usage(self, used: int, batch: int, n_prototypes: int, queue_active: bool) -> bool:
         """Warns once when, with the queue on, a batch's codes use under 10% of the prototypes

@@ -155,7 +155,9 @@ def _slurm(env: Mapping[str, str]) -> Launch:
     else:
         on_node = _int(env, "SLURM_NTASKS_PER_NODE") if "SLURM_NTASKS_PER_NODE" in env else 1
     addr = env.get("MASTER_ADDR") or nodes[0]
-    return Launch(rank, world, local, addr, _port(env), "slurm", max(1, on_node))
+    return Launch(
+        rank, world, local, addr, _port(env), launcher="slurm", local_world_size=max(1, on_node)
+    )
 
 
 def _srun_step(env: Mapping[str, str]) -> bool:
@@ -186,7 +188,10 @@ def resolve_launch(env: Mapping[str, str]) -> Launch:
         local = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
         on_node = _int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else 1
         addr = env.get("MASTER_ADDR", "127.0.0.1")
-        return Launch(rank, world, local, addr, _port(env), "torchrun", max(1, on_node))
+        on_node = max(1, on_node)
+        return Launch(
+            rank, world, local, addr, _port(env), launcher="torchrun", local_world_size=on_node
+        )
     if forced == "torchrun":
         raise LaunchError("SWAV_LAUNCH=torchrun but RANK / WORLD_SIZE are not set")
     return Launch()

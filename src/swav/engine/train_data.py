@@ -48,12 +48,12 @@ def build_data(cfg: Config, info: DistInfo, device: torch.device) -> TrainData:
             transform,
             bs,
             cfg.data.samples_per_epoch,
-            seed,
-            info.rank,
-            info.world_size,
-            cfg.data.shuffle_buffer,
-            uint8,
-            cfg.train.iters_per_epoch,
+            seed=seed,
+            rank=info.rank,
+            world_size=info.world_size,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            as_uint8=uint8,
+            max_batches=cfg.train.iters_per_epoch,
         )
         loader = make_stream_loader(stream, bs, budget.workers, pin)
         return TrainData(cfg.data.samples_per_epoch, stream, transform, loader)

@@ -60,10 +60,10 @@ def lowshot_svm(
             train_y,
             test_x,
             test_y,
-            [k for k in shots if k <= smallest],
-            draws,
-            costs,
-            seed,
+            shots=[k for k in shots if k <= smallest],
+            draws=draws,
+            costs=costs,
+            seed=seed,
         )
     if caught:
         log.warning("low-shot: the SVM solver warned %d times (%s)", len(caught), caught[0].message)

@@ -178,19 +178,19 @@ def resolve_request(
             "test/) sub-folders, or name them with --train-split / --test-split"
         )
     return EvalRequest(
-        loaded,
-        data,
-        train_split,
-        test_split,
-        splits[0],
-        splits[1],
-        loaded.eval_transform(size),
-        seed,
-        Path(out) if out else None,
-        cache_dir,
-        batch_size,
-        workers,
-        progress,
+        loaded=loaded,
+        data=data,
+        train_split=train_split,
+        test_split=test_split,
+        train=splits[0],
+        test=splits[1],
+        transform=loaded.eval_transform(size),
+        seed=seed,
+        out=Path(out) if out else None,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
     )
 
 

@@ -59,7 +59,8 @@ def _moments(y: Tensor) -> tuple[Tensor, Tensor]:
 
 class _StemPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, gamma, beta, running_mean, running_var, momentum: float, eps: float):
+    def forward(ctx, y, gamma, beta, running: tuple[Tensor | None, Tensor | None, float, float]):
+        running_mean, running_var, momentum, eps = running  # buffers and numbers: no gradient
         c = y.shape[1]
         m = y.numel() // c
         mean, var = _moments(y)
@@ -72,7 +73,7 @@ class _StemPool(torch.autograd.Function):
         b = beta - mean * a
         p, idx = _pool_signed(y, a < 0)
         out = torch.addcmul(b.view(1, -1, 1, 1), p, a.view(1, -1, 1, 1)).relu_()
-        ctx.save_for_backward(y, idx, p, out, a, mean, invstd)
+        ctx.save_for_backward(*(y, idx, p, out, a, mean, invstd))
         ctx.m = m
         return out
 
@@ -90,12 +91,19 @@ class _StemPool(torch.autograd.Function):
         grad_y = None
         if ctx.needs_input_grad[0]:
             grad_y = torch.ops.aten.max_pool2d_with_indices_backward(
-                g * a.view(shape), y, [_K, _K], [_S, _S], [_P, _P], [1, 1], False, idx
+                g * a.view(shape),
+                y,
+                kernel_size=[_K, _K],
+                stride=[_S, _S],
+                padding=[_P, _P],
+                dilation=[1, 1],
+                ceil_mode=False,
+                indices=idx,
             )
             c1 = -a * invstd * invstd * s2 / ctx.m
             c0 = -a * s1 / ctx.m - c1 * mean
             grad_y.add_(c0.view(shape)).addcmul_(y, c1.view(shape))
-        return grad_y, grad_gamma, grad_beta, None, None, None, None
+        return grad_y, grad_gamma, grad_beta, None
 
 
 def fused_stem_applies(y: Tensor, bn: nn.Module, pool: nn.Module) -> bool:
@@ -133,8 +141,10 @@ def stem_bn_relu_pool(y: Tensor, bn: nn.BatchNorm2d) -> Tensor:
         y,
         bn.weight,
         bn.bias,
-        bn.running_mean if track else None,
-        bn.running_var if track else None,
-        bn.momentum,
-        bn.eps,
+        (
+            bn.running_mean if track else None,
+            bn.running_var if track else None,
+            bn.momentum,
+            bn.eps,
+        ),
     )
