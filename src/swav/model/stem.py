@@ -64,7 +64,7 @@ class _StemPool(torch.autograd.Function):
         c = y.shape[1]
         m = y.numel() // c
         mean, var = _moments(y)
-        if running_mean is not None:
+        if running_mean is not None and running_var is not None:
             with torch.no_grad():
                 running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
                 running_var.mul_(1 - momentum).add_(var * (m / max(m - 1, 1)), alpha=momentum)
