@@ -263,3 +263,13 @@ def test_every_public_function_and_method_is_annotated():
             if missing:
                 bare.append(f"{_module_name(path)}.{name}: {', '.join(missing)}")
     assert not bare, "\n".join(bare)
+
+
+def test_the_training_loop_stays_short():
+    """``engine/train.py`` is the loop alone: what a method does is behind ``Method``, the
+    trainer's pieces in ``engine/trainer.py``, the budget in ``engine/pacing.py``."""
+    lines = len((SRC / "engine" / "train.py").read_text().splitlines())
+    assert lines <= 400, f"engine/train.py has {lines} lines"
+    text = (SRC / "engine" / "train.py").read_text()
+    for name in ("deepclusterv2", "selav2", "ClusterLoss", "SwAVLoss", "queue.reset"):
+        assert name not in text, f"engine/train.py names {name}"

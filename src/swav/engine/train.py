@@ -35,8 +35,7 @@ from swav.engine.distributed import (
     is_peer_failure,
     shutdown,
 )
-from swav.engine.health import Collapse, CollapseMonitor
-from swav.engine.logger import TrainLogger
+from swav.engine.health import Collapse
 from swav.engine.method import Method, method_of
 from swav.engine.optim import set_lr
 from swav.engine.recovery import Adjustments
@@ -53,15 +52,14 @@ from swav.engine.state import ConfigMismatchError, load_saved_weights, saved_sta
 from swav.engine.trainer import (
     Trainer,
     batch_to_device,
+    build_logger,
     build_trainer,
-    frozen_iterations,
     training_step,
 )
 from swav.errors import ConfigError
 from swav.model.config import build_from_config
 from swav.model.swav import SwAV
 from swav.model.warm_start import warm_start
-from swav.run_length import absolute
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +219,7 @@ def _train_in(
     if info.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run.config)
-    t.logger = _build_logger(t, options.progress)
+    t.logger = build_logger(t, options.progress)
     if budget is not None:  # a resumed run follows the plan it made; a new one makes it
         pacing.first_plan(t, budget)
     method.prepare(t)  # e.g. a memory bank's first contents
@@ -293,28 +291,6 @@ def _finished(
         healthy=bool(last.get("healthy", True)),
         recoveries=Adjustments.from_state(saved.get("recovery")).recoveries,
         already_finished=True,
-    )
-
-
-def _build_logger(t: Trainer, progress: bool) -> TrainLogger:
-    cfg = t.cfg
-    monitor = CollapseMonitor(
-        t.core.n_prototypes,
-        patience=int(absolute(cfg.train.collapse_patience, "train.collapse_patience")),
-        start_iteration=frozen_iterations(t.objective.cfg),
-        embedding_dim=t.core.embedding_dim,
-    )
-    return TrainLogger(
-        t.run,
-        enabled=t.dist.is_main,
-        n_prototypes=t.core.n_prototypes,
-        epochs=cfg.train.epochs,
-        iters_per_epoch=t.iters,
-        log_every=cfg.train.log_every,
-        monitor=monitor,
-        progress=progress,
-        device=t.device,
-        distributed=t.dist.enabled,
     )
 
 

@@ -24,6 +24,7 @@ from swav.data.stream import StreamDataset
 from swav.engine.budget import TimeBudget
 from swav.engine.distributed import DistInfo, any_rank
 from swav.engine.global_bn import bn_group, convert_global_bn
+from swav.engine.health import CollapseMonitor
 from swav.engine.logger import TrainLogger
 from swav.engine.method import Method, ObjectiveInputs
 from swav.engine.optim import build_optimizer, lr_schedule
@@ -189,6 +190,29 @@ def build_trainer(
         loader=data.loader,
         transform=data.transform,
         autocast=autocast,
+    )
+
+
+def build_logger(t: Trainer, progress: bool) -> TrainLogger:
+    """The run's logger (metrics, progress bar) and its collapse monitor."""
+    cfg = t.cfg
+    monitor = CollapseMonitor(
+        t.core.n_prototypes,
+        patience=int(absolute(cfg.train.collapse_patience, "train.collapse_patience")),
+        start_iteration=frozen_iterations(t.objective.cfg),
+        embedding_dim=t.core.embedding_dim,
+    )
+    return TrainLogger(
+        t.run,
+        enabled=t.dist.is_main,
+        n_prototypes=t.core.n_prototypes,
+        epochs=cfg.train.epochs,
+        iters_per_epoch=t.iters,
+        log_every=cfg.train.log_every,
+        monitor=monitor,
+        progress=progress,
+        device=t.device,
+        distributed=t.dist.enabled,
     )
 
 
