@@ -14,7 +14,7 @@ import torch
 
 from swav.data.loader import EpochSampler
 from swav.engine.checkpoint import safe_load
-from swav.engine.state import RunState
+from swav.engine.methods.swav import load_queue
 from swav.objective.queue import FeatureQueue
 from tests.conftest import tiny_overrides
 
@@ -72,12 +72,13 @@ def test_the_queue_is_dealt_out_again():
                 queue=FeatureQueue(2, length // world, dim),
                 dist=SimpleNamespace(world_size=world, rank=rank),
             )
-            RunState._load_queue(me, dict(state))
+            load_queue(me.queue, me.dist, dict(state))
             got.append(me.queue.embeddings)
             assert me.queue.active  # it was full, it stays full
         assert torch.equal(torch.cat(got, dim=1), whole)  # every saved embedding, once
     odd = SimpleNamespace(queue=FeatureQueue(2, 5, dim), dist=SimpleNamespace(world_size=1, rank=0))
-    RunState._load_queue(odd, dict(state))  # a shorter queue: the newest 5 kept, never a crash
+    # a shorter queue: the newest 5 kept, never a crash
+    load_queue(odd.queue, odd.dist, dict(state))
     assert odd.queue.active and torch.equal(odd.queue.embeddings, saved[0][:, :5])
 
 
@@ -89,7 +90,7 @@ def test_a_partly_filled_queue_keeps_only_its_embeddings_on_another_world_size()
     one = SimpleNamespace(
         queue=FeatureQueue(2, 2 * length, dim), dist=SimpleNamespace(world_size=1, rank=0)
     )
-    RunState._load_queue(one, dict(state))
+    load_queue(one.queue, one.dist, dict(state))
     q = one.queue
     assert int(q.filled) == 2 * filled and not q.active  # 6 of 8: not full
     rows = q.embeddings[:, : 2 * filled]

@@ -9,8 +9,7 @@ import typing
 from typing import Any
 
 from swav.cli.kinds import OutputFile, OutputFolder
-from swav.interop.checkpoints import IGNORABLE_PARTS
-from swav.values import BATCH, IMAGE_SIZE, LIMIT, SEED, Reference, Split
+from swav.values import BATCH, IGNORABLE_PARTS, IMAGE_SIZE, LIMIT, SEED, Reference, Split
 
 
 def _parent() -> argparse.ArgumentParser:

@@ -15,7 +15,6 @@ from swav.cli.common import (
     size_options,
 )
 from swav.eval.protocols import PROTOCOLS, evaluate, format_result
-from swav.eval.request import default_result_path, resolve_request
 from swav.values import COUNT, InputFolder, Reference
 
 
@@ -59,6 +58,8 @@ def register(sub: Any) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from swav.eval.request import default_result_path, resolve_request
+
     out = args.out or default_result_path(args.checkpoint, args.protocol)
     request = resolve_request(
         args.checkpoint,

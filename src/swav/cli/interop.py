@@ -10,9 +10,7 @@ from swav.cli.common import batch_options, checkpoint_options, progress_options,
 from swav.cli.kinds import OutputFile
 from swav.engine.run_dir import check_writable
 from swav.errors import UsageError
-from swav.interop.checkpoints import CheckpointError, load_checkpoint, load_linear_head
-from swav.interop.export import FORMATS, export_model
-from swav.values import COUNT, InputFile, Reference, Split
+from swav.values import COUNT, EXPORT_FORMATS, InputFile, Reference, Split
 
 
 def register(sub: Any) -> None:
@@ -20,11 +18,14 @@ def register(sub: Any) -> None:
     z.set_defaults(func=_zoo)
     x = sub.add_parser(
         "export",
-        help="export a backbone (" + ", ".join(FORMATS) + ")",
+        help="export a backbone (" + ", ".join(EXPORT_FORMATS) + ")",
         parents=[checkpoint_options()],
     )
     x.add_argument(
-        "--format", default="torchvision", choices=FORMATS, help="output format (torchvision)"
+        "--format",
+        default="torchvision",
+        choices=EXPORT_FORMATS,
+        help="output format (torchvision)",
     )
     x.add_argument("--out", required=True, type=OutputFile(), help="output file")
     x.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -88,6 +89,9 @@ def _zoo(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from swav.interop.checkpoints import load_checkpoint
+    from swav.interop.export import export_model
+
     check_writable(args.out, args.force)  # before any loading work
     loaded = load_checkpoint(args.checkpoint, ignore=args.ignore, download=args.download)
     meta = {
@@ -103,6 +107,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _embed(args: argparse.Namespace) -> int:
     from swav.data.sources import open_source
+    from swav.interop.checkpoints import load_checkpoint
     from swav.interop.inference import embed, embedding_path, save_embeddings
 
     embedding_path(args.out, args.force)  # before any work
@@ -142,6 +147,7 @@ def _report_unreadable(bad: list[str], total: int) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from swav.interop.checkpoints import CheckpointError, load_checkpoint, load_linear_head
     from swav.interop.inference import classify, image_batches
     from swav.interop.zoo import RELEASED, fetch
 
@@ -179,6 +185,7 @@ def read_class_names(path: str, n_classes: int) -> list[str]:
 
 
 def _assign(args: argparse.Namespace) -> int:
+    from swav.interop.checkpoints import load_checkpoint
     from swav.interop.inference import image_batches, nearest_prototype, require_prototypes
 
     _refuse_unless_one_readable(args.images)

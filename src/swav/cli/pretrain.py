@@ -9,9 +9,15 @@ from typing import Any
 
 from swav.cli.common import progress_options
 from swav.cli.kinds import OutputFolder
-from swav.config import build_config, describe_options, preset_summary, presets
+from swav.config import (
+    build_config,
+    check_overrides,
+    describe_options,
+    preset_summary,
+    presets,
+)
+from swav.data.settings import missing_path
 from swav.engine.launch import resolve_launch
-from swav.engine.recipe import suggest_recipe
 from swav.engine.run_dir import RunDir
 from swav.errors import UsageError
 from swav.values import COUNT, SEED, Override, Reference, Split
@@ -127,10 +133,8 @@ def _options_epilog() -> str:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from swav import pretrain
-    from swav.engine.state import settings_of_run
-
     overrides = list(args.overrides)
+    check_overrides(overrides, args.preset)  # each value refused before any heavy import
     given = {o.split("=", 1)[0].strip(): o.split("=", 1)[1] for o in overrides if "=" in o}
     for flag, key, value in (
         ("--data", "data.source", args.data),
@@ -144,13 +148,20 @@ def _pretrain(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={value}")
             given[key] = value
     preset: str | dict[str, Any] | None = args.preset
-    run_settings = settings_of_run(RunDir.of(given["run_dir"])) if "run_dir" in given else None
+    run_settings = _settings_of(RunDir.of(given["run_dir"])) if "run_dir" in given else None
     if preset is None and "data.source" not in given and run_settings is not None:
         preset = run_settings  # an existing run: its own settings, then the overrides
         print(f"settings from {given['run_dir']} (change any value with key=value)")
     elif preset is None and "data.source" not in given:
         preset = "demo"  # nothing given: the offline recipe on the embedded digits
     elif preset is None:  # data but no preset: settings chosen from the data and the machine
+        missing = missing_path(given["data.source"])
+        if missing:
+            raise UsageError(
+                f"data path {missing} does not exist: give a folder of images or an archive"
+            )
+        from swav.engine.recipe import suggest_recipe
+
         recipe = suggest_recipe(
             given["data.source"],
             given.get("data.split") or None,
@@ -167,6 +178,8 @@ def _pretrain(args: argparse.Namespace) -> int:
             overrides.append("train.time_budget=0")  # a fixed length asked for: no budget
         overrides = recipe.overrides() + overrides
     cfg = build_config(None if preset == "defaults" else preset, overrides)
+    from swav import pretrain
+
     result = pretrain(
         cfg, allow_config_change=args.allow_config_change, progress=not args.no_progress
     )
@@ -190,6 +203,17 @@ def _pretrain(args: argparse.Namespace) -> int:
     print(f"run directory: {result.run_dir.resolve()} ({', '.join(files)})")
     # stopped by a signal: not a success, so that schedulers and torchrun see it (128 + signal)
     return 128 + result.stop_signal if result.stop_signal else 0
+
+
+def _settings_of(run: RunDir) -> dict[str, Any] | None:
+    """The settings of an existing run directory (None for a new one); its checkpoint is
+    read (torch imported) only when its ``config.yaml`` is lost."""
+    saved = run.read_config()
+    if saved is not None or not run.checkpoint.is_file():
+        return saved
+    from swav.engine.state import settings_of_run
+
+    return settings_of_run(run)
 
 
 def _arch_of_init(init: str | None) -> str | None:

@@ -12,6 +12,7 @@ from swav.config.checks import check_dataset_size, resolve_run_length, validate
 from swav.config.help import describe_options
 from swav.config.overrides import (
     build_config,
+    check_overrides,
     config_from_dict,
     load_preset,
     parse_override,
@@ -30,11 +31,10 @@ from swav.config.schema import (
     TrainConfig,
     identity_changes,
 )
-from swav.data.sources import DataConfig
+from swav.data.settings import DataConfig
 from swav.errors import ConfigError
-from swav.model.config import ModelConfig
-from swav.objective.cluster_loss import ClusterConfig
-from swav.objective.swav_loss import SwAVConfig
+from swav.model.settings import ModelConfig
+from swav.objective.settings import ClusterConfig, SwAVConfig
 
 __all__ = [
     "ADDED_SETTINGS",
@@ -52,6 +52,7 @@ __all__ = [
     "TrainConfig",
     "build_config",
     "check_dataset_size",
+    "check_overrides",
     "config_from_dict",
     "describe_options",
     "identity_changes",

@@ -9,6 +9,7 @@ from typing import Any
 
 import swav.run_length as run_length
 from swav.config.schema import ON_COLLAPSE, Config
+from swav.data.settings import is_stream
 from swav.errors import ConfigError
 
 
@@ -75,13 +76,11 @@ def _check_data(cfg: Config, world_size: int) -> None:
 def _check_stream(cfg: Config, world_size: int) -> None:
     """A streaming source needs its epoch length (whether the method can train from one is
     the method's own rule: ``swav.engine.method``)."""
-    from swav.data.stream import is_stream
-
     d = cfg.data
     _check(d.shuffle_buffer >= 1, "data.shuffle_buffer", f"must be >= 1, got {d.shuffle_buffer}")
     if not is_stream(d.source):
         return
-    need = cfg.train.batch_size * world_size
+    need = cfg.train.global_batch_of(world_size)
     _check(
         d.samples_per_epoch >= need,
         "data.samples_per_epoch",
@@ -110,13 +109,13 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     seen = (world_size, cfg.to_dict())
     if _VALIDATED.get(id(cfg)) == seen:
         return
-    _check_settings(cfg, world_size)
+    check_settings(cfg, world_size)
     _VALIDATED[id(cfg)] = seen
 
 
 def check_dataset_size(cfg: Config, world_size: int, dataset_size: int) -> None:
     """Refuse a global batch larger than the data."""
-    global_batch = cfg.train.batch_size * world_size
+    global_batch = cfg.train.global_batch_of(world_size)
     _check(
         dataset_size >= global_batch,
         "train.batch_size",
@@ -125,7 +124,20 @@ def check_dataset_size(cfg: Config, world_size: int, dataset_size: int) -> None:
     )
 
 
-def _check_settings(cfg: Config, world_size: int) -> None:
+CROSS_FIELD = (
+    "swav.queue_length",
+    "swav.crops_for_assign",
+    "data.samples_per_epoch",
+    "multicrop.n_crops",
+    "multicrop.sizes",
+    "multicrop.min_scale",
+    "multicrop.max_scale",
+)
+"""Settings whose check depends on others (the batch, the crops, the world size)."""
+
+
+def check_settings(cfg: Config, world_size: int = 1) -> None:
+    """Every check of ``validate``, run whatever was validated before."""
     o, t, s, m = cfg.optim, cfg.train, cfg.swav, cfg.model
     for key in ("base_lr", "final_lr", "start_warmup"):
         v = getattr(o, key)
@@ -187,7 +199,7 @@ def _check_settings(cfg: Config, world_size: int) -> None:
         "swav.crops_for_assign",
         f"must be distinct crop indices in 0..{n_crops - 1}, got {s.crops_for_assign}",
     )
-    global_batch = t.batch_size * world_size
+    global_batch = t.global_batch_of(world_size)
     if s.queue_length:
         _check(
             s.queue_length > 0 and s.queue_length % global_batch == 0,

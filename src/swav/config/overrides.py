@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from swav.config.checks import validate
+from swav.config.checks import CROSS_FIELD, check_settings, validate
 from swav.config.schema import PRESET_DIR, SECTIONS, TOP_LEVEL, Config
 from swav.errors import ConfigError
 
@@ -177,3 +177,24 @@ def config_from_dict(d: dict[str, Any]) -> Config:
 
 def save_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def check_overrides(overrides: list[str], preset: str | None = None) -> None:
+    """The user's ``key=value`` overrides on their own (after the named preset): known keys,
+    values of the right type and range. Refused here, before any data is read or any model is
+    built; a setting whose check depends on others the run will choose (``CROSS_FIELD``) is
+    left to the check of the whole configuration."""
+    cfg = Config()
+    if preset and preset != "defaults":
+        _apply_mapping(cfg, load_preset(preset), f"preset {preset}")
+    keys = set()
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(cfg, key, value)
+        keys.add(key)
+    try:
+        check_settings(cfg)
+    except ConfigError as e:
+        key = str(e).split(":", 1)[0]
+        if key in keys and key not in CROSS_FIELD:
+            raise

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from swav.data.multicrop_config import MultiCropConfig
-from swav.data.sources import DataConfig
-from swav.model.config import ModelConfig
-from swav.objective.cluster_loss import ClusterConfig
-from swav.objective.swav_loss import SwAVConfig
+from swav.data.settings import DataConfig
+from swav.model.settings import ModelConfig
+from swav.objective.settings import ClusterConfig, SwAVConfig
 
 PRESET_DIR = Path(__file__).parents[1] / "configs"
 ON_COLLAPSE = ("warn", "stop", "recover")
@@ -106,6 +105,10 @@ class TrainConfig:
     rate, epsilon, queue start, prototype freezing; each change is logged)."""
     max_recoveries: int = 3
     """Recoveries allowed before a run that keeps collapsing stops with CollapseError."""
+
+    def global_batch_of(self, world_size: int) -> int:
+        """Images in one step over all ``world_size`` processes (the one place it is computed)."""
+        return self.batch_size * world_size
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from swav.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from swav.data.settings import IMAGENET_MEAN, IMAGENET_STD
 from swav.errors import ConfigError
 
 

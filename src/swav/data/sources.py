@@ -13,7 +13,6 @@ import os
 import tarfile
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,38 +32,10 @@ from swav.data.listing import (
     cached_archive_listing,
     cached_folder_listing,
 )
+from swav.data.settings import DataConfig
 from swav.data.shards import is_shard_set, shard_source
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DataConfig:
-    source: str = "digits"
-    """Images to train on: a folder (ImageFolder tree or any-depth folder of images), a .tar /
-    .tar.gz archive, 'digits' (scikit-learn's bundled handwritten digits, offline), or
-    'cifar10' / 'cifar100' / 'stl10' (torchvision; downloads only with data.download=true)."""
-    split: str = "train"
-    """Sub-folder of a folder or archive to read (e.g. 'train'); '' reads everything."""
-    eval_split: str = "test"
-    """Held-out split for evaluation after training (e.g. 'test', 'val')."""
-    root: str = "~/.cache/swav/datasets"
-    """Where torchvision datasets are stored (and downloaded to, if asked)."""
-    download: bool = False
-    """Allow torchvision datasets to download. Never needed for folders, archives or 'digits'."""
-    limit: int = 0
-    """Use only the first N images of a fixed random permutation (0: all)."""
-    samples_per_epoch: int = 0
-    """Samples in an epoch of a streaming source (pipe:/http(s):// shards, see
-    swav.data.stream), which is never listed; required there. Ignored by other sources."""
-    shuffle_buffer: int = 1000
-    """Samples a streaming source mixes in memory (each loader worker)."""
-    transfer: str = "uint8"
-    """How crops travel from the loader workers: 'uint8' (a quarter of the bytes; normalised on
-    the training device) or 'float' (normalised in the workers)."""
-    workers: int = -1
-    """DataLoader worker processes per training process (0: load in the main process; -1:
-    sized with train.threads to the cores the process may use, printed at start)."""
 
 
 def _entry_is(entry: os.DirEntry[str], kind: str) -> bool:

@@ -37,15 +37,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from swav.data.images import DataError, is_image, load_rgb
 from swav.data.loader import Corrupt, collate_crops, ignore_stop_signals, sample_seed
 from swav.data.multicrop import MultiCrop
+from swav.data.settings import STREAM_SCHEMES
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("pipe:", "http://", "https://", "file:", "gs://", "s3://", "ais://", "hf://")
-
-
-def is_stream(source: str) -> bool:
-    """Whether ``source`` names shards to stream (a URL or ``pipe:`` command)."""
-    return source.startswith(SCHEMES)
+SCHEMES = STREAM_SCHEMES
 
 
 def expand_braces(spec: str) -> list[str]:

@@ -12,8 +12,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.228, 0.224, 0.225)
+from swav.data.settings import IMAGENET_MEAN, IMAGENET_STD
 
 
 def to_uint8_tensor(img: Image.Image | np.ndarray | Tensor) -> Tensor:

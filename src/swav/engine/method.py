@@ -27,11 +27,13 @@ from torch.utils.data import DataLoader
 
 from swav.config import Config
 from swav.data.loader import EpochSampler
-from swav.data.stream import StreamDataset, is_stream
+from swav.data.settings import is_stream
+from swav.data.stream import StreamDataset
 from swav.engine.distributed import DistInfo
 from swav.errors import ConfigError
 from swav.model.swav import SwAV
-from swav.objective.swav_loss import Objective, SwAVConfig
+from swav.objective.settings import SwAVConfig
+from swav.objective.swav_loss import Objective
 
 
 class TrainingContext(Protocol):

@@ -151,7 +151,7 @@ class RunState:
 
     @property
     def global_batch(self) -> int:
-        return self.cfg.train.batch_size * self.dist.world_size
+        return self.cfg.train.global_batch_of(self.dist.world_size)
 
     @property
     def samples_in_epoch(self) -> int:

@@ -14,7 +14,8 @@ from swav.config import Config, check_dataset_size
 from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
 from swav.data.multicrop import MultiCrop
 from swav.data.sources import training_source
-from swav.data.stream import StreamDataset, is_stream, make_stream_loader, stream_shards
+from swav.data.settings import is_stream
+from swav.data.stream import StreamDataset, make_stream_loader, stream_shards
 from swav.engine.distributed import DistInfo
 from swav.engine.runtime import thread_budget
 from swav.errors import ConfigError
@@ -65,7 +66,7 @@ def build_data(cfg: Config, info: DistInfo, device: torch.device) -> TrainData:
     if sampler.batches < 1:
         raise ConfigError(
             f"train.batch_size: {len(source)} images give no full global batch of "
-            f"{bs * info.world_size}"
+            f"{cfg.train.global_batch_of(info.world_size)}"
         )
     on_gpu = cfg.multicrop.on_device and device.type == "cuda"  # JPEGs decoded by nvJPEG
     dataset = MultiCropDataset(source, transform, cfg.multicrop.on_device, uint8, on_gpu)

@@ -34,7 +34,8 @@ from swav.engine.state import RunState
 from swav.engine.train_data import build_data
 from swav.model.config import build_from_config
 from swav.model.swav import SwAV
-from swav.objective.swav_loss import Objective, SwAVConfig, SwAVStep
+from swav.objective.settings import SwAVConfig
+from swav.objective.swav_loss import Objective, SwAVStep
 from swav.run_length import absolute
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def frozen_iterations(swav: SwAVConfig) -> int:
 def lr_batch_scale(cfg: Config, world_size: int) -> tuple[float, str | None]:
     """The factor on the configured learning rates for this world size, and a line for the
     log when the global batch is not the one they were set for."""
-    actual = cfg.train.batch_size * world_size
+    actual = cfg.train.global_batch_of(world_size)
     if cfg.optim.scale_lr:
         return actual / 256, None
     stated = cfg.train.global_batch

@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from swav.values import DEFAULT_SHOTS
+
 log = logging.getLogger(__name__)
 
-DEFAULT_SHOTS = (1, 2, 4, 8, 16, 32, 64, 96)
 COSTS = (0.01, 0.1, 1.0, 10.0)
 
 

@@ -13,21 +13,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from swav.engine.checkpoint import atomic_write
 from swav.errors import UsageError
-from swav.eval.clustering import cluster_metrics
-from swav.eval.knn import knn_accuracy
-from swav.eval.linear import linear_eval, linear_probe_features
-from swav.eval.lowshot import DEFAULT_SHOTS, lowshot_svm
-from swav.eval.request import EvalRequest, resolve_request
-from swav.eval.semisup import balanced_subset, finetune, subset_from_file
-from swav.interop.checkpoints import CheckpointError
-from swav.model.features import extract_stage_features
-from swav.values import EPOCHS, LEARNING_RATE, InputFile, Range, non_negative, positive, whole
+from swav.values import (
+    DEFAULT_SHOTS,
+    EPOCHS,
+    LEARNING_RATE,
+    InputFile,
+    Range,
+    non_negative,
+    positive,
+    whole,
+)
+
+if TYPE_CHECKING:
+    from swav.eval.request import EvalRequest
+
+# The protocols' machinery (torch, scikit-learn) is imported in the functions that run them,
+# so that the registry (and `swav eval --help`) loads without it.
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,8 @@ Outcome = tuple[dict[str, Any], dict[str, Any]]
 
 
 def _knn(req: EvalRequest, s: KnnSettings) -> Outcome:
+    from swav.eval.knn import knn_accuracy
+
     if not s.k or min(s.k) < 1:
         raise UsageError(f"knn: every k must be at least 1, got {s.k}")
     n = len(req.train)
@@ -116,6 +122,11 @@ def _knn(req: EvalRequest, s: KnnSettings) -> Outcome:
 
 
 def _linear(req: EvalRequest, s: LinearSettings) -> Outcome:
+    import torch
+
+    from swav.eval.linear import linear_eval, linear_probe_features
+    from swav.model.features import extract_stage_features
+
     bs = req.batch_size
     settings = {
         "epochs": s.epochs,
@@ -159,6 +170,8 @@ def _linear(req: EvalRequest, s: LinearSettings) -> Outcome:
 
 
 def _semisup(req: EvalRequest, s: SemisupSettings) -> Outcome:
+    from swav.eval.semisup import balanced_subset, finetune, subset_from_file
+
     if s.subset_file:
         idx = subset_from_file(req.train.item_names(), s.subset_file)
     else:
@@ -191,6 +204,8 @@ def _semisup(req: EvalRequest, s: SemisupSettings) -> Outcome:
 
 
 def _lowshot(req: EvalRequest, s: LowshotSettings) -> Outcome:
+    from swav.eval.lowshot import lowshot_svm
+
     ftr, fte = req.features(req.train), req.features(req.test)
     res = lowshot_svm(
         ftr.features.numpy(),
@@ -205,6 +220,9 @@ def _lowshot(req: EvalRequest, s: LowshotSettings) -> Outcome:
 
 
 def _cluster(req: EvalRequest, s: ClusterSettings) -> Outcome:
+    from swav.eval.clustering import cluster_metrics
+    from swav.interop.checkpoints import CheckpointError
+
     if req.loaded.model.prototypes is None:
         raise CheckpointError("this checkpoint has no prototypes: clustering needs a SwAV model")
     f = req.features(req.test)
@@ -248,6 +266,8 @@ PROTOCOLS: dict[str, Protocol] = {
 
 
 def evaluate(request: EvalRequest, protocol: str, settings: Any = None) -> dict[str, Any]:
+    from swav.engine.checkpoint import atomic_write
+
     """Run one protocol on a resolved request; the result record (written to ``request.out``
     when set)."""
     if protocol not in PROTOCOLS:
@@ -300,6 +320,8 @@ def _finite(value: Any) -> Any:
 
 
 def run_protocol(protocol: str, checkpoint: str, **options: Any) -> dict[str, Any]:
+    from swav.eval.request import resolve_request
+
     """Resolve the request and run one protocol. ``options`` mixes the request's arguments
     (``resolve_request``: data, splits, size, limit, seed, out, cache_dir, ...) and the
     protocol's settings (e.g. ``k`` for knn, ``epochs`` and ``fast`` for linear)."""

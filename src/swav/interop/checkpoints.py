@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from swav.config import config_from_dict
-from swav.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+from swav.data.settings import IMAGENET_MEAN, IMAGENET_STD
+from swav.data.transforms import EvalTransform
 from swav.engine.checkpoint import safe_load
 from swav.engine.run_dir import RunDir, is_run_checkpoint
 from swav.errors import SwAVError
@@ -33,12 +34,11 @@ from swav.interop.heads import LinearHead, linear_layer, load_linear_head
 from swav.model.backbones import RESNET_SPECS, BasicBlock, Bottleneck, ResNet
 from swav.model.config import build_from_config
 from swav.model.swav import SwAV
+from swav.values import IGNORABLE_PARTS
 
 log = logging.getLogger(__name__)
 
 HEAD_PARTS = ("projection_head", "prototypes")
-IGNORABLE_PARTS = ("projection_head", "prototypes", "head", "fc", "classifier")
-"""Parts of a checkpoint that ``ignore=`` (``--ignore``) may leave out."""
 
 
 class CheckpointError(SwAVError, ValueError):

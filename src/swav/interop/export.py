@@ -24,10 +24,11 @@ from swav.engine.checkpoint import atomic_save, atomic_write
 from swav.engine.run_dir import check_writable
 from swav.errors import UsageError
 from swav.model.swav import SwAV
+from swav.values import EXPORT_FORMATS
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("torchvision", "timm", "safetensors", "detectron2", "swav")
+FORMATS = EXPORT_FORMATS
 
 
 def backbone_state_dict(model: SwAV) -> dict[str, torch.Tensor]:

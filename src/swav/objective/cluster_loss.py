@@ -19,7 +19,6 @@ checkpoint, so that a resumed run continues with the same bank and the same next
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,18 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from swav.objective.clustering import BankShard, global_labels, sela_assignments, spherical_kmeans
-from swav.objective.swav_loss import Objective, StepInput, SwAVConfig, SwAVStep
+from swav.objective.settings import ClusterConfig, SwAVConfig
+from swav.objective.swav_loss import Objective, StepInput, SwAVStep
 from swav.run_length import absolute
-
-
-@dataclass
-class ClusterConfig:
-    kmeans_iterations: int = 10
-    """Iterations of spherical k-means per clustering (DeepCluster-v2)."""
-    sela_epsilon: float = 0.05
-    """Sinkhorn regularisation of the SeLa-v2 pseudo-labels."""
-    sela_iterations: int = 10
-    """Sinkhorn-Knopp iterations over the bank (SeLa-v2)."""
 
 
 class MemoryBank(nn.Module):
