@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader
 from swav.config import Config, check_dataset_size
 from swav.data.loader import EpochSampler, MultiCropDataset, make_loader
 from swav.data.multicrop import MultiCrop
-from swav.data.sources import training_source
 from swav.data.settings import is_stream
+from swav.data.sources import training_source
 from swav.data.stream import StreamDataset, make_stream_loader, stream_shards
 from swav.engine.distributed import DistInfo
 from swav.engine.runtime import thread_budget
