@@ -11,12 +11,12 @@ import torch
 from swav.config import build_config
 from swav.data.images import DataError
 from swav.data.multicrop import MultiCrop, MultiCropConfig
+from swav.data.settings import is_stream
 from swav.data.shards import pack_shards
 from swav.data.sources import digits_source
 from swav.data.stream import (
     StreamDataset,
     expand_braces,
-    is_stream,
     make_stream_loader,
     shard_samples,
     stream_shards,
