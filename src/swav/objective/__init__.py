@@ -9,7 +9,7 @@ from typing import Any
 _LAZY = {
     "swapped_prediction_loss": "swav.objective.loss",
     "FeatureQueue": "swav.objective.queue",
-    "sinkhorn": "swav.objective.sinkhorn",
+    "sinkhorn": "swav.objective.sinkhorn_knopp",
     "SwAVConfig": "swav.objective.settings",
     "SwAVLoss": "swav.objective.swav_loss",
     "SwAVStep": "swav.objective.swav_loss",

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from swav.objective.sinkhorn import sinkhorn
+from swav.objective.sinkhorn_knopp import sinkhorn
 
 
 def _dist() -> bool:

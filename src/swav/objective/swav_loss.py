@@ -19,7 +19,7 @@ from swav.model.swav import SwAVOutput
 from swav.objective.loss import swapped_prediction_loss
 from swav.objective.queue import FeatureQueue
 from swav.objective.settings import SwAVConfig
-from swav.objective.sinkhorn import sinkhorn
+from swav.objective.sinkhorn_knopp import sinkhorn
 from swav.run_length import absolute
 
 

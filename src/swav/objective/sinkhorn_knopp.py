@@ -22,6 +22,9 @@ from torch import Tensor
 
 # Below this a kernel column is treated as underflowed (fp32 loses precision in subnormals).
 _UNDERFLOW = 1e-30
+# Scores within +-60 eps: exp(s / eps) lies in [1e-26, 1e26], so neither an entry nor a sum of
+# millions of them leaves the normal fp32 range, and no shift is needed.
+_DIRECT = 60.0
 
 
 def _dist_ready(distributed: bool) -> bool:
@@ -74,18 +77,28 @@ def sinkhorn(
     if method == "log":
         return _sinkhorn_log(scores / epsilon, iterations, batch, use_dist)
 
-    # Per-prototype maximum over the (global) batch. A per-row shift of exp(s / eps) is absorbed
-    # exactly by the first row normalisation (as is the division by the total mass), so the
-    # iterates are those of the plain formula, and every row keeps an entry equal to 1.
+    # One pass for the range of the scores. When every exp(s / eps) is a normal fp32 number
+    # well away from overflow (|s| / eps <= 60: cosine scores at eps >= 1/60), the kernel is
+    # exp(s / eps) itself; otherwise each prototype's scores are shifted by their maximum over
+    # the (global) batch first. A per-row shift is absorbed exactly by the first row
+    # normalisation (as is the division by the total mass), so the iterates are those of the
+    # plain formula either way.
+    lo, hi = torch.aminmax(scores)
+    bound = torch.maximum(hi, -lo)
+    if use_dist:
+        _all_reduce(bound, dist.ReduceOp.MAX)
+    if bool(bound <= _DIRECT * epsilon):
+        kernel = torch.mul(scores, 1.0 / epsilon).exp_()  # B x K, a new tensor
+        return _sinkhorn_scaling(kernel, iterations, batch, use_dist)
     row_max = scores.max(dim=0).values  # K
     if use_dist:
         _all_reduce(row_max, dist.ReduceOp.MAX)
     kernel = torch.sub(scores, row_max).mul_(1.0 / epsilon).exp_()  # B x K in (0, 1], in place
     if method == "auto":
         # No entry can underflow when the whole score range is under 80 eps (e^-80 is a normal
-        # fp32 number): always the case for cosine scores at eps >= 0.025. Otherwise look for a
-        # sample whose kernel column underflowed, and use the log domain for this batch.
-        spread = row_max.max() - scores.min()
+        # fp32 number). Otherwise look for a sample whose kernel column underflowed, and use
+        # the log domain for this batch.
+        spread = row_max.max() - lo
         if use_dist:
             _all_reduce(spread, dist.ReduceOp.MAX)
         if bool(spread / epsilon >= 80.0):
