@@ -12,6 +12,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -23,6 +24,8 @@ from typing import Any
 import yaml
 
 from swav.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "swav-run/1"
 """The ``format`` entry of a run checkpoint; loaders recognise run checkpoints by its prefix."""
@@ -335,3 +338,17 @@ def is_run_checkpoint(obj: Any) -> bool:
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``run_dir/metrics.jsonl``."""
     return RunDir.of(run_dir).read_metrics()
+
+
+def tidy_after_kill(run: RunDir, iteration: int) -> None:
+    """What a killed run leaves behind: temporary files of a save, and records written after
+    its last checkpoint (the resumed run writes them again)."""
+    for p in run.remove_stale_temporaries():
+        log.info("removed %s, left by a save that was cut short", p)
+    dropped = run.trim_metrics(iteration)
+    if dropped:
+        log.info(
+            "metrics.jsonl: %d records after iteration %d dropped (written again)",
+            dropped,
+            iteration,
+        )

@@ -143,6 +143,9 @@ class ThreadBudget:
     threads: int
     workers: int
     reason: str
+    adaptive: bool = False
+    """The threads were not fixed (``train.threads=0``, no ``OMP_NUM_THREADS``) on a CPU with
+    more than one core: the run times its steps and follows the load (``engine.threads``)."""
 
     def describe(self) -> str:
         return (
@@ -177,6 +180,7 @@ def thread_budget(
     their prefetched batches are not taken (measured in ``benchmarks/data.py --only cores``)."""
     share = max(1, (cores or usable_cores()) // max(1, local_processes))
     env_threads = os.environ.get("OMP_NUM_THREADS", "")
+    given_threads = threads > 0 or (env_threads.isdigit() and int(env_threads) > 0)
     if threads <= 0 and env_threads.isdigit() and int(env_threads) > 0:
         threads = int(env_threads)  # set for this process (torchrun sets 1): kept
     auto, both_given = threads <= 0 and workers < 0, threads > 0 and workers >= 0
@@ -201,4 +205,7 @@ def thread_budget(
         reason = "as set"
     if env_threads.isdigit() and threads == int(env_threads):
         reason += f" (threads from OMP_NUM_THREADS={env_threads}; train.threads overrides it)"
-    return ThreadBudget(share, threads, workers, reason)
+    adaptive = device.type != "cuda" and not given_threads and threads > 1
+    if adaptive:
+        reason += "; the step is timed with fewer threads too, and the fastest kept"
+    return ThreadBudget(share, threads, workers, reason, adaptive)

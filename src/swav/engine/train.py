@@ -46,6 +46,7 @@ from swav.engine.run_dir import (
     RunLockedError,
     check_writable_dir,
     describe_holder,
+    tidy_after_kill,
 )
 from swav.engine.runtime import StopFlag, resolve_device
 from swav.engine.state import ConfigMismatchError, load_saved_weights, saved_state
@@ -213,7 +214,7 @@ def _train_in(
         del saved
     t.apply_adjustments()
     if run.checkpoint.exists() and info.is_main:
-        _tidy_after_kill(run, t.state.epoch * t.iters + t.state.next_batch)
+        tidy_after_kill(run, t.state.epoch * t.iters + t.state.next_batch)
 
     # -- the run directory and the logger
     if info.is_main:
@@ -254,20 +255,6 @@ def _train_in(
         recoveries=recoveries,
         stop_signal=t.stop_signal,
     )
-
-
-def _tidy_after_kill(run: RunDir, iteration: int) -> None:
-    """What a killed run leaves behind: temporary files of a save, and records written after
-    its last checkpoint (the resumed run writes them again)."""
-    for p in run.remove_stale_temporaries():
-        log.info("removed %s, left by a save that was cut short", p)
-    dropped = run.trim_metrics(iteration)
-    if dropped:
-        log.info(
-            "metrics.jsonl: %d records after iteration %d dropped (written again)",
-            dropped,
-            iteration,
-        )
 
 
 def _finished(
@@ -353,6 +340,7 @@ def train_one_epoch(t: Trainer, epoch: int, first_batch: int, stop: StopFlag) ->
         )
         images = crops[0].shape[0] * t.dist.world_size
         logger.step(iteration, step.loss, lr, step.codes, images, step.spread)
+        t.step_timed(iteration, first=steps == 1)
         pacing.calibrate(t, epoch, steps)
         over = t.budget is not None and t.budget.overrun()
         stop_now = stop.set or over

@@ -17,7 +17,7 @@ from swav.data.settings import is_stream
 from swav.data.sources import training_source
 from swav.data.stream import StreamDataset, make_stream_loader, stream_shards
 from swav.engine.distributed import DistInfo
-from swav.engine.runtime import thread_budget
+from swav.engine.runtime import ThreadBudget, thread_budget
 from swav.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ class TrainData:
     """This process's share of each epoch, in global batches (a stream is its own sampler)."""
     transform: MultiCrop
     loader: DataLoader
+    cores: ThreadBudget
+    """How the process's cores are shared between intra-op threads and loader workers."""
 
 
 def build_data(cfg: Config, info: DistInfo, device: torch.device) -> TrainData:
@@ -57,7 +59,7 @@ def build_data(cfg: Config, info: DistInfo, device: torch.device) -> TrainData:
             max_batches=cfg.train.iters_per_epoch,
         )
         loader = make_stream_loader(stream, bs, budget.workers, pin)
-        return TrainData(cfg.data.samples_per_epoch, stream, transform, loader)
+        return TrainData(cfg.data.samples_per_epoch, stream, transform, loader, budget)
     source = training_source(cfg.data, seed)
     check_dataset_size(cfg, info.world_size, len(source))
     sampler = EpochSampler(
@@ -71,4 +73,4 @@ def build_data(cfg: Config, info: DistInfo, device: torch.device) -> TrainData:
     on_gpu = cfg.multicrop.on_device and device.type == "cuda"  # JPEGs decoded by nvJPEG
     dataset = MultiCropDataset(source, transform, cfg.multicrop.on_device, uint8, on_gpu)
     loader = make_loader(dataset, sampler, bs, budget.workers, pin)
-    return TrainData(len(source), sampler, transform, loader)
+    return TrainData(len(source), sampler, transform, loader, budget)

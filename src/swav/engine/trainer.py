@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ from swav.engine.optim import build_optimizer, lr_schedule
 from swav.engine.run_dir import RunDir
 from swav.engine.runtime import configure_determinism, resolve_precision, seed_everything
 from swav.engine.state import RunState
+from swav.engine.threads import ThreadTuner, candidates_for
 from swav.engine.train_data import build_data
 from swav.model.config import build_from_config
 from swav.model.swav import SwAV
@@ -71,6 +73,27 @@ class Trainer:
     """The run's time budget (``train.time_budget``), None without one."""
     stop_signal: int | None = None
     """The signal that stopped the run (on every rank, whichever rank received it)."""
+    threads: ThreadTuner | None = None
+    """Intra-op threads chosen from the timed steps (None when they were fixed)."""
+    _last_step: float = 0.0
+
+    def step_timed(self, iteration: int, first: bool) -> None:
+        """After each training step (``first``: of this epoch): the thread count follows the
+        machine's load."""
+        now = time.perf_counter()
+        took, self._last_step = now - self._last_step, now
+        if self.threads is None or first:
+            return
+        choice = self.threads.step_done(took)
+        if choice is not None:
+            if self.dist.is_main:
+                log.info(
+                    "threads: %d (%s; median step by thread count: %s s)",
+                    choice["threads"],
+                    choice["why"],
+                    choice["step_seconds"],
+                )
+            self.record("threads", iteration=iteration, **choice)
 
     @property
     def iters(self) -> int:
@@ -191,6 +214,11 @@ def build_trainer(
         loader=data.loader,
         transform=data.transform,
         autocast=autocast,
+        threads=(
+            ThreadTuner(candidates_for(data.cores.threads), torch.set_num_threads)
+            if data.cores.adaptive and not cfg.train.deterministic
+            else None
+        ),
     )
 
 
