@@ -6,7 +6,9 @@ alternately (A, B, A, B, ...), reported as a ratio.
 
 Parts: matmul peak (fp32, bf16), training step (ours vs lightly's SwaV pieces, ResNet-18
 2x64 + 4x32 batch 64; ResNet-50 2x224 + 6x96 batch 32), multi-crop augmentation per core (ours vs
-lightly's SwaVTransform), Sinkhorn B=4096 K=3000 (ours vs the naive formula). Peak memory of each
+lightly's SwaVTransform), Sinkhorn B=4096 K=3000 (ours vs the naive formula; alone and beside 1 and
+2 busy processes). `--only contention`: the ResNet-18 step beside 0, 1 and 2 busy processes, the
+default thread budget vs each fixed count, ours and lightly's. Peak memory of each
 side is measured in a fresh subprocess (--memory).
 """
 
@@ -341,6 +343,76 @@ def step_flops(step) -> float:
     return counter.get_total_flops()
 
 
+def bench_contention(steps: int = 8) -> dict:
+    """The ResNet-18 step (2x64 + 4x32, batch 64) with 0, 1 and 2 busy processes beside it:
+    ours with the default budget (every core, then the thread count the run's tuner keeps),
+    with each fixed count, and lightly's step with each fixed count (its default is every
+    core). Images per second over the timed steps. The default's trial (its steps with each
+    count) is timed too; a run makes one every 10 minutes at most, so its rate over 10 minutes
+    is the trial's images plus the kept count's rate for the rest."""
+    import swav.engine.threads as tuning
+    from swav.engine.runtime import usable_cores
+    from swav.engine.threads import RETRY_AFTER_S, ThreadTuner, candidates_for
+
+    cores = usable_cores()
+    fixed = candidates_for(cores)
+    setup = SETUPS["resnet18"]
+    torch.manual_seed(0)
+    ours, theirs = our_step(setup), lightly_step(setup)
+    images = setup["batch"]
+
+    def rate(step, threads):
+        torch.set_num_threads(threads)
+        step()  # settles the count (and the allocator)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return images * steps / (time.perf_counter() - t0)
+
+    def default(step):
+        """(trial seconds, trial steps, kept count, the kept count's rate)."""
+        torch.set_num_threads(cores)
+        tuner, n, t0 = ThreadTuner(fixed, torch.set_num_threads), 0, time.perf_counter()
+        while True:
+            t = time.perf_counter()
+            step()
+            n += 1
+            if tuner.step_done(time.perf_counter() - t) is not None:
+                break
+        trial = time.perf_counter() - t0
+        return trial, n, tuner.threads, rate(step, tuner.threads)
+
+    out: dict = {"setup": "resnet18 2x64 + 4x32, batch 64", "cores": cores, "loads": {}}
+    start_after = tuning.START_AFTER_S
+    tuning.START_AFTER_S = 0.0  # the run's tuner starts after 30 s; here at once
+    try:
+        for load in (0, 1, 2):
+            with busy(load):
+                row: dict = {f"ours_{n}_threads": round(rate(ours, n), 1) for n in fixed}
+                trial, n_trial, kept, kept_rate = default(ours)
+                row |= {f"lightly_{n}_threads": round(rate(theirs, n), 1) for n in fixed}
+            window = RETRY_AFTER_S
+            over_window = (n_trial * images + kept_rate * (window - trial)) / window
+            best = max(row[f"ours_{n}_threads"] for n in fixed)
+            row |= {
+                "ours_default_trial_s": round(trial, 1),
+                "ours_default_trial_steps": n_trial,
+                "ours_default_kept": kept,
+                "ours_default_kept_rate": round(kept_rate, 1),
+                "ours_default_10min": round(over_window, 1),
+                "best_fixed_vs_default": round(best / over_window, 2),
+                "ours_default_vs_lightly_default": round(
+                    over_window / row[f"lightly_{cores}_threads"], 2
+                ),
+            }
+            out["loads"][f"{load}_busy"] = row
+            print("contention", load, json.dumps(row), flush=True)
+    finally:
+        tuning.START_AFTER_S = start_after
+        torch.set_num_threads(cores)
+    return out
+
+
 def bench_step(name: str, peaks: dict) -> dict:
     setup = SETUPS[name]
     torch.manual_seed(0)
@@ -425,7 +497,7 @@ def main() -> None:
         "--only",
         nargs="*",
         default=None,
-        help="parts: peak sinkhorn multicrop conv resnet18 resnet50",
+        help="parts: peak sinkhorn multicrop conv resnet18 resnet50 contention",
     )
     ap.add_argument("--memory", action="store_true", help="also measure peak memory per side")
     ap.add_argument("--out", default=None, help="default: results/perf_amx.json or _avx2.json")
@@ -458,13 +530,15 @@ def main() -> None:
             torch.set_num_threads(threads)
         elif part == "conv":
             r = bench_conv()
+        elif part == "contention":
+            r = bench_contention()
         else:
             r = bench_step(part, record["peak"])
-        if args.memory and part != "conv":
+        if args.memory and part not in ("conv", "contention"):
             r["peak_rss_mb_ours"] = round(memory_of(f"ours:{part}"), 0)
             r["peak_rss_mb_peer"] = round(memory_of(f"peer:{part}"), 0)
         r["command"] = f"python benchmarks/perf.py --only {part}" + (
-            " --memory" if args.memory and part != "conv" else ""
+            " --memory" if args.memory and part not in ("conv", "contention") else ""
         )
         record[part] = r
         print(part, json.dumps(r), flush=True)

@@ -54,6 +54,7 @@ def test_the_fastest_count_is_kept_and_followed_when_the_load_changes():
     busy = _run(tuner, m, WINDOW + 12)
     assert [c["threads"] for c in busy] == [1] and m.threads == 1
     assert busy[0]["why"].startswith("steps slowed")
+    assert busy[0]["step_seconds"] == {"1": 1.1, "2": 3.0}  # 2 threads dropped after one step
     m.busy = False  # the job ends: 1 thread does not slow down, the timed retry finds 2 again
     idle = _run(tuner, m, int(RETRY_AFTER_S / 1.0) + 12)
     assert [c["threads"] for c in idle] == [2] and m.threads == 2

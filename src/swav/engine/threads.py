@@ -22,6 +22,10 @@ from typing import Any
 
 STEPS_EACH = 3
 """Steps timed per candidate (after one step that settles the new count)."""
+GIVE_UP = 2.0
+"""A candidate whose step (the settling one included) takes this many times the best median
+so far is dropped at once: under load, a few steps with too many threads cost more than the
+rest of the trial."""
 SLOWDOWN = 1.5
 """The median step of the last ``WINDOW`` steps over the chosen one's that starts a new trial."""
 WINDOW = 20
@@ -73,7 +77,9 @@ class ThreadTuner:
         self._settle = 1
 
     def _start_trial(self, why: str) -> None:
-        self._trial, self._left, self._why = {}, list(self.candidates), why
+        # the fewest threads first: the cheapest step under load, and the reference that
+        # lets a slow candidate be dropped after one step
+        self._trial, self._left, self._why = {}, sorted(self.candidates), why
         self._use(self._left[0])
 
     def step_done(self, seconds: float) -> dict[str, Any] | None:
@@ -84,6 +90,10 @@ class ThreadTuner:
                 self._waiting = False
                 self._start_trial("the first steps")
             return None
+        others = [statistics.median(t) for n, t in self._trial.items() if n != self.threads]
+        if self._left and others and seconds > GIVE_UP * min(others):
+            self._trial[self.threads] = [seconds]  # far slower: no more steps for it
+            return self._next_candidate()
         if self._settle:
             self._settle -= 1
             return None
@@ -107,6 +117,9 @@ class ThreadTuner:
         times.append(seconds)
         if len(times) < STEPS_EACH:
             return None
+        return self._next_candidate()
+
+    def _next_candidate(self) -> dict[str, Any] | None:
         self._left.pop(0)
         if self._left:
             self._use(self._left[0])
