@@ -16,6 +16,7 @@ LAYERS = {
     "swav.errors": 0,
     "swav.run_length": 0,
     "swav.values": 0,
+    "swav.lazy": 0,
     "swav.data": 1,
     "swav.model": 2,
     "swav.objective": 3,

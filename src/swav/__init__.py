@@ -8,12 +8,12 @@ codes, swapped prediction) -> engine (training) -> interop / eval -> report -> c
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from swav.errors import SwAVError
+from swav.lazy import lazy_names
 
 if TYPE_CHECKING:
     from swav.data.multicrop import MultiCrop, MultiCropConfig
@@ -22,25 +22,14 @@ if TYPE_CHECKING:
 
 # The public names resolve on first use, so that ``import swav`` (and ``swav --help``) does
 # not import torch.
-_LAZY = {
-    "MultiCrop": "swav.data.multicrop",
-    "MultiCropConfig": "swav.data.multicrop",
-    "MultiPrototypes": "swav.model",
-    "Prototypes": "swav.model",
-    "SwAV": "swav.model",
-    "build_backbone": "swav.model",
-    "build_model": "swav.model",
-    "FeatureQueue": "swav.objective",
-    "SwAVLoss": "swav.objective",
-    "sinkhorn": "swav.objective",
-    "swapped_prediction_loss": "swav.objective",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'swav' has no attribute {name!r}")
+__getattr__ = lazy_names(
+    "swav",
+    {
+        "swav.data.multicrop": ["MultiCrop", "MultiCropConfig"],
+        "swav.model": ["MultiPrototypes", "Prototypes", "SwAV", "build_backbone", "build_model"],
+        "swav.objective": ["FeatureQueue", "SwAVLoss", "sinkhorn", "swapped_prediction_loss"],
+    },
+)
 
 
 def load_checkpoint(
