@@ -220,7 +220,7 @@ def main() -> None:
             arch = load_checkpoint(given["model.init"], ignore=("prototypes", "fc")).arch
         r = suggest_recipe(args.data, "train", budget=budget, arch=arch)
         recipe = r.overrides() + (["train.time_budget=0"] if budget == "0" else [])
-        print("\n".join(r.describe()), flush=True)
+        print("\n".join(r.describe(given)), flush=True)  # the values used, the user's included
     cfg = build_config(args.preset, [*recipe, *args.overrides, f"run_dir={run_dir}"])
     torch.manual_seed(cfg.train.seed)
     random_model = build_from_config(cfg.model).eval()
