@@ -295,10 +295,18 @@ def perf_section(p: dict) -> list[str]:
     if "sinkhorn" in p:
         r = p["sinkhorn"]
         notes = f"B={r['B']}, K={r['K']}, {r['iterations']} iterations, {r['dtype']}"
+        for load in (1, 2):
+            if f"ours_ms_busy{load}" in r:
+                notes += (
+                    f"; beside {load} busy process(es): {r[f'ours_ms_busy{load}']} vs "
+                    f"{r[f'naive_ms_busy{load}']} ms = {r[f'speedup_busy{load}']}x"
+                )
         out.append(
             _peer_row("Sinkhorn (ms)", r["ours_ms"], f"naive formula {r['naive_ms']}", r, notes)
         )
     out.append("")
+    if "contention" in p:
+        out += contention_section(p["contention"])
     if "conv" in p:
         r = p["conv"]
         out += [
@@ -317,6 +325,62 @@ def perf_section(p: dict) -> list[str]:
             )
         out.append("")
     return out
+
+
+def contention_section(c: dict) -> list[str]:
+    """The step beside busy processes: the default thread budget against each fixed count."""
+    fixed = sorted(
+        {
+            int(k.split("_")[1])
+            for row in c["loads"].values()
+            for k in row
+            if k.endswith("_threads")
+        },
+        reverse=True,
+    )
+    head = " | ".join(f"ours {n} thread(s)" for n in fixed)
+    peer = " | ".join(f"lightly {n} thread(s)" for n in fixed)
+    out = [
+        f"The training step on a machine that is not empty ({c['setup']}, images/s; "
+        f"`{c.get('command', 'python benchmarks/perf.py --only contention')}`). The default "
+        "budget starts with every core and keeps the count its timed steps found fastest "
+        "(`swav.engine.threads`); its trial is timed, and since a run makes one every 10 "
+        "minutes at most, its rate over 10 minutes is the trial's images plus the kept "
+        "count's rate for the rest.",
+        "",
+        f"| busy processes | default: trial (s) | default: kept | default over 10 min | {head} "
+        f"| best fixed / default | {peer} | default / lightly's default |",
+        "|---|---|---|---|" + "---|" * len(fixed) + "---|" + "---|" * len(fixed) + "---|",
+    ]
+    for load, r in c["loads"].items():
+        ours = " | ".join(str(r[f"ours_{n}_threads"]) for n in fixed)
+        theirs = " | ".join(str(r[f"lightly_{n}_threads"]) for n in fixed)
+        out.append(
+            f"| {load.split('_')[0]} | {r['ours_default_trial_s']} | {r['ours_default_kept']} "
+            f"| {r['ours_default_10min']} | {ours} | {r['best_fixed_vs_default']}x | {theirs} "
+            f"| {r['ours_default_vs_lightly_default']}x |"
+        )
+    return [*out, ""]
+
+
+def startup_section(r: dict) -> list[str]:
+    """How fast the command answers without doing work."""
+    out = [
+        "## Start-up: help, listings and argument errors",
+        "",
+        f"`{r['command']}`: each command's median of 5 runs against `python -c pass` "
+        f"({r['python_c_pass_s']} s) in the same run, on {r['cores']} core(s) "
+        f"(load average {r['load_1min']} while measured). Slowest: {r['slowest_s']} s. None "
+        "imports torch; `tests/test_startup.py` holds each to 0.5 s.",
+        "",
+        "| command | seconds | x python -c pass | imported |",
+        "|---|---|---|---|",
+    ]
+    out += [
+        f"| `{c['command']}` | {c['seconds']} | {c['ratio_to_python']} | {c['imported']} |"
+        for c in r["commands"]
+    ]
+    return [*out, ""]
 
 
 def main() -> None:
@@ -364,6 +428,9 @@ def main() -> None:
         out += data_section(json.loads(data_path.read_text()))
     for perf_path in sorted((HERE / "results").glob("perf_*.json")):
         out += perf_section(json.loads(perf_path.read_text()))
+    startup_path = HERE / "results" / "startup.json"
+    if startup_path.exists():
+        out += startup_section(json.loads(startup_path.read_text()))
     prec_path = HERE / "results" / "precision.json"
     if prec_path.exists():
         r = json.loads(prec_path.read_text())

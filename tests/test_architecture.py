@@ -274,3 +274,32 @@ def test_the_training_loop_stays_short():
     text = (SRC / "engine" / "train.py").read_text()
     for name in ("deepclusterv2", "selav2", "ClusterLoss", "SwAVLoss", "queue.reset"):
         assert name not in text, f"engine/train.py names {name}"
+
+
+IMPORT_NAMES = {"umap-learn": "umap", "faiss-cpu": "faiss"}
+"""Packages whose import name differs from their distribution name."""
+
+
+def test_every_optional_extra_is_used_by_the_code():
+    """An extra in pyproject.toml installs something the package imports (``dev`` and
+    ``bench`` serve the tests and benchmarks)."""
+    import tomllib
+
+    extras = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    imported = set()
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+    unused = [
+        f"{extra}: {package}"
+        for extra, packages in extras.items()
+        if extra not in ("dev", "bench")
+        for package in packages
+        if not any((IMPORT_NAMES.get(package, package) in name.split(".")) for name in imported)
+    ]
+    assert not unused, f"extras that no code imports: {unused}"
