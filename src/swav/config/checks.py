@@ -110,6 +110,8 @@ def validate(cfg: Config, world_size: int = 1) -> None:
     if _VALIDATED.get(id(cfg)) == seen:
         return
     check_settings(cfg, world_size)
+    if len(_VALIDATED) >= 64:  # the most recent configurations are the ones validated again
+        _VALIDATED.pop(next(iter(_VALIDATED)))
     _VALIDATED[id(cfg)] = seen
 
 
