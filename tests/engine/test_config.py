@@ -10,6 +10,7 @@ from swav.config import (
     presets,
     resolve_run_length,
 )
+from tests.conftest import tiny_overrides
 
 
 @pytest.mark.parametrize("name", presets())
@@ -95,3 +96,20 @@ def test_learning_rate_follows_the_global_batch_the_preset_states():
     for name in presets():
         c = build_config(name, [])
         assert c.train.global_batch % c.train.batch_size == 0, name  # a whole number of processes
+
+
+def test_a_configuration_is_checked_once_and_never_changed_by_the_run(tmp_path, monkeypatch):
+    import swav.config.checks as checks
+    from swav.engine.train import pretrain
+
+    calls = []
+    real = checks.check_settings
+    monkeypatch.setattr(checks, "check_settings", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = build_config(None, tiny_overrides(tmp_path / "once", **{"train.epochs": 1}))
+    given = cfg.to_dict()
+    pretrain(cfg, progress=False)
+    assert len(calls) == 1  # by build_config; pretrain (one process) finds it checked
+    assert cfg.to_dict() == given
+    cfg.train.epochs = 0  # changed after the check: checked again, and refused
+    with pytest.raises(ConfigError, match="train.epochs"):
+        pretrain(cfg, progress=False)
