@@ -245,7 +245,7 @@ class RunLock:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             raise RunLockedError(
-                f"{self.run.path} is in use by {describe_holder(_read_holder(path))}: wait "
+                f"{self.run.path} is in use by {describe_holder(_holder_of_lock(path))}: wait "
                 "for that run to end (or stop it), or choose another run directory"
             ) from None
         self.previous = _read_holder(path)
@@ -280,6 +280,17 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _holder_of_lock(path: Path, wait_s: float = 2.0) -> dict[str, Any] | None:
+    """The record of the process holding the lock; it writes it just after taking the lock,
+    so an empty file is read again for up to ``wait_s`` (two runs started together)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        holder = _read_holder(path)
+        if holder or time.monotonic() > deadline:
+            return holder
+        time.sleep(0.05)
 
 
 def _read_holder(path: Path) -> dict[str, Any] | None:
