@@ -26,6 +26,7 @@ LAYERS = {
     "swav.eval": 7,
     "swav.viz": 8,
     "swav.report": 8,
+    "swav.publish": 8,
     "swav.demo": 8,
     "swav.cli": 9,
 }

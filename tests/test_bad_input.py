@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from swav.cli import build_parser, main
-from swav.cli.kinds import OutputFile, OutputFolder
+from swav.cli.kinds import OutputFile, OutputFolder, OutputPath
 from swav.values import InputFile, InputFolder, Override, Range, Reference, Split
 from tests.conftest import tiny_overrides
 
@@ -42,6 +42,7 @@ BASE: dict[tuple[str, ...], list[str]] = {
     ("viz", "curves"): ["viz", "curves", "{run}", "--out", "{tmp}/c.png"],
     ("zoo",): ["zoo"],
     ("export",): ["export", "--checkpoint", "{run}", "--format", "safetensors", "--out", "{tmp}/x"],
+    ("hub", "push"): ["hub", "push", "{run}", "--repo", "a/b", "--out", "{tmp}/h", "--dry-run"],
     ("embed",): ["embed", "{data}", "--checkpoint", "{run}", "--out", "{tmp}/e.npy"],
     ("predict",): ["predict", "{image}", "--checkpoint", "{run}", "--head", "{head}"],
     ("assign",): ["assign", "{image}", "--checkpoint", "{run}"],
@@ -117,6 +118,11 @@ def bad_values(action: argparse.Action, has_force: bool) -> list[tuple[str, list
         return out
     if isinstance(kind, OutputFolder):
         return [("", []), ("{existing}", []), ("{readonly}/sub", [])]
+    if isinstance(kind, OutputPath):  # a file or a folder, as the command's format wants
+        out = [("", []), ("{run}/checkpoint.pt", []), ("{existing}", []), ("{readonly}/x", [])]
+        if has_force:
+            out.append(("{run}/checkpoint.pt", ["--force"]))
+        return out
     if isinstance(kind, InputFile):
         return [("", []), ("{missing}", []), ("{folder}", [])]
     if isinstance(kind, InputFolder):
@@ -238,7 +244,8 @@ def test_every_option_declares_its_kind():
         for action in options(leaf):
             if is_flag(action) or action.choices is not None:
                 continue
-            kinds = (Range, OutputFile, OutputFolder, InputFile, InputFolder, Reference, Split)
+            kinds = (Range, OutputFile, OutputFolder, OutputPath, InputFile, InputFolder)
+            kinds += (Reference, Split)
             if not isinstance(action.type, (*kinds, Override)):
                 undeclared.append(f"{' '.join(path)} {action.option_strings or action.dest}")
     assert not undeclared, f"options without a declared kind: {undeclared}"

@@ -217,7 +217,7 @@ __all__ = [
 DEFAULT_SHOTS = (1, 2, 4, 8, 16, 32, 64, 96)
 """Examples per class of the low-shot protocol (the paper's k = 1 ... 96)."""
 
-EXPORT_FORMATS = ("torchvision", "timm", "safetensors", "detectron2", "swav")
+EXPORT_FORMATS = ("torchvision", "timm", "safetensors", "detectron2", "onnx", "swav")
 """The formats ``swav export`` writes (``swav.interop.export``)."""
 
 IGNORABLE_PARTS = ("projection_head", "prototypes", "head", "fc", "classifier")

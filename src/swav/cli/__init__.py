@@ -1,7 +1,7 @@
 """The ``swav`` command. Thin: it parses arguments and calls the library.
 
 Each command group registers its sub-commands (``pretrain``: pretrain, demo, presets;
-``cache``; ``evaluate``: eval, report; ``interop``: zoo, export, embed, predict, assign). A
+``cache``; ``evaluate``: eval, report; ``interop``: zoo, export, hub, embed, predict, assign). A
 user error (``SwAVError``) is caught once, here: ``swav <command>: error: <message>`` and exit
 code 2; ``--debug`` shows its traceback.
 """
@@ -35,7 +35,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("evaluate", "a run's results in one page: REPORT.md, or report.html with --html"),
     "viz": ("viz", "pictures of a run or a model: curves, clusters, neighbours, embedding"),
     "zoo": ("interop", "list the released checkpoints loadable by name"),
-    "export": ("interop", "export a backbone (torchvision, timm, safetensors, detectron2, swav)"),
+    "export": (
+        "interop",
+        "export a backbone (torchvision, timm, safetensors, detectron2, onnx, swav)",
+    ),
+    "hub": ("interop", "Hugging Face Hub: push a model (weights, config.json, model card)"),
     "embed": ("interop", "backbone features of every image, in order"),
     "predict": ("interop", "class and score per image (backbone + linear head)"),
     "assign": ("interop", "highest-scoring prototype per image"),

@@ -1,4 +1,5 @@
-"""``swav zoo``, ``swav export``, ``swav embed``, ``swav predict`` and ``swav assign``."""
+"""``swav zoo``, ``swav export``, ``swav hub push``, ``swav embed``, ``swav predict`` and
+``swav assign``."""
 
 from __future__ import annotations
 
@@ -7,10 +8,23 @@ from pathlib import Path
 from typing import Any
 
 from swav.cli.common import batch_options, checkpoint_options, progress_options, size_options
-from swav.cli.kinds import OutputFile
-from swav.engine.run_dir import check_writable
+from swav.cli.kinds import OutputFile, OutputFolder, OutputPath
 from swav.errors import UsageError
 from swav.values import COUNT, EXPORT_FORMATS, InputFile, Reference, Split
+
+HUB_LICENSES = (
+    "apache-2.0",
+    "mit",
+    "bsd-3-clause",
+    "cc-by-4.0",
+    "cc-by-sa-4.0",
+    "cc-by-nc-4.0",
+    "cc-by-nc-sa-4.0",
+    "cc0-1.0",
+    "openrail",
+    "other",
+)
+"""Licence identifiers of the hub's model cards offered by ``swav hub push --license``."""
 
 
 def register(sub: Any) -> None:
@@ -27,9 +41,21 @@ def register(sub: Any) -> None:
         choices=EXPORT_FORMATS,
         help="output format (torchvision)",
     )
-    x.add_argument("--out", required=True, type=OutputFile(), help="output file")
-    x.add_argument("--force", action="store_true", help="replace an existing output file")
+    x.add_argument(
+        "--out",
+        required=True,
+        type=OutputPath(),
+        help="output file (a folder for --format timm)",
+    )
+    x.add_argument(
+        "--heads",
+        action="store_true",
+        help="--format onnx: the whole model (features, embedding, prototype scores), not the "
+        "backbone's features alone",
+    )
+    x.add_argument("--force", action="store_true", help="replace an existing output")
     x.set_defaults(func=_export)
+    _register_hub(sub)
     em = sub.add_parser(
         "embed",
         help="backbone features of every image, in order",
@@ -74,6 +100,55 @@ def register(sub: Any) -> None:
     a.set_defaults(func=_assign)
 
 
+def _register_hub(sub: Any) -> None:
+    h = sub.add_parser(
+        "hub", help="Hugging Face Hub: push a model (weights, config.json, model card)"
+    )
+    hs = h.add_subparsers(dest="hub_command", required=True)
+    hp = hs.add_parser(
+        "push",
+        help="write a model folder and upload it to a hub repository",
+        description="Write the folder a hub repository holds (model.safetensors, "
+        "swav_heads.safetensors, config.json for timm and swav, a README.md model card from the "
+        "run) and upload it, with the token of HF_TOKEN or of `hf auth login`. Loaded back "
+        'with --checkpoint hf-hub:OWNER/NAME or timm.create_model("hf-hub:OWNER/NAME", '
+        "pretrained=True).",
+    )
+    hp.add_argument(
+        "source",
+        type=Reference("checkpoint"),
+        help="a run directory, a checkpoint file (any known layout) or a released name",
+    )
+    hp.add_argument("--repo", required=True, type=Reference("repository"), help="OWNER/NAME")
+    hp.add_argument(
+        "--out",
+        default=None,
+        type=OutputFolder("model folder"),
+        help="keep the folder written here (default: a temporary folder, removed after upload)",
+    )
+    hp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write the folder (--out) and upload nothing",
+    )
+    hp.add_argument("--private", action="store_true", help="create the repository as private")
+    hp.add_argument(
+        "--license",
+        default=None,
+        choices=HUB_LICENSES,
+        help="the model card's licence (default: none stated)",
+    )
+    hp.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch a released checkpoint (SOURCE is a name) into the cache when missing",
+    )
+    hp.add_argument(
+        "--force", action="store_true", help="write into an --out folder that has files"
+    )
+    hp.set_defaults(func=_hub_push)
+
+
 def _zoo(args: argparse.Namespace) -> int:
     from swav.interop.zoo import RELEASED, cache_dir
 
@@ -90,9 +165,11 @@ def _zoo(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from swav.interop.checkpoints import load_checkpoint
-    from swav.interop.export import export_model
+    from swav.interop.export import check_export_output, export_model
 
-    check_writable(args.out, args.force)  # before any loading work
+    if args.heads and args.format != "onnx":
+        raise UsageError("--heads is for --format onnx (the other formats hold the backbone)")
+    check_export_output(args.out, args.format, args.force)  # before any loading work
     loaded = load_checkpoint(args.checkpoint, ignore=args.ignore, download=args.download)
     meta = {
         "arch": loaded.arch,
@@ -100,8 +177,69 @@ def _export(args: argparse.Namespace) -> int:
         "layout": loaded.layout,
         "pretraining": loaded.meta.get("config"),
     }
-    for f in export_model(loaded.model, args.out, args.format, meta, force=args.force):
+    written = export_model(
+        loaded.model, args.out, args.format, meta, force=args.force, heads=args.heads
+    )
+    for f in written:
         print(f"wrote {f}")
+    if args.format == "onnx":
+        _check_onnx(loaded.model, written[0], meta, args.heads)
+    if args.format == "timm":
+        print(f'load with timm.create_model("local-dir:{args.out}", pretrained=True)')
+    return 0
+
+
+def _check_onnx(model: Any, path: Path, meta: dict[str, Any], heads: bool) -> None:
+    """Run the exported file with onnxruntime beside the PyTorch model and say how far apart
+    they are (on 4 random images of the model's input size)."""
+    import importlib.util
+
+    import torch
+
+    from swav.interop.onnx import compare_with_torch, input_size
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        print("not checked: onnxruntime is not installed (pip install 'swav[onnx]')")
+        return
+    size = input_size(meta)
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    diff = compare_with_torch(model, path, x, heads)
+    print(f"onnxruntime vs PyTorch on 4 images of {size} px: max |difference| {diff:.2e}")
+
+
+def _hub_push(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from swav.interop.model_folder import split_hub_name
+    from swav.publish import push, write_hub_folder
+
+    repo, revision = split_hub_name("hf-hub:" + args.repo)
+    if revision:
+        raise UsageError(f"--repo {args.repo}: name the repository alone (OWNER/NAME)")
+    if args.dry_run and args.out is None:
+        raise UsageError("--dry-run writes the folder only: give it with --out FOLDER")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.is_dir() and any(out.iterdir()) and not args.force:
+        raise UsageError(
+            f"--out {out} has files in it: choose an empty or new folder, or pass --force"
+        )
+    with tempfile.TemporaryDirectory(prefix="swav-hub-") as tmp:
+        folder = out or Path(tmp)
+        written = write_hub_folder(
+            args.source, folder, repo_id=repo, license=args.license, download=args.download
+        )
+        print(f"wrote {folder}: " + ", ".join(p.name for p in written))
+        if args.dry_run:
+            print(
+                f"dry run: nothing uploaded; push with `swav hub push {args.source} --repo {repo}`"
+            )
+            return 0
+        url = push(folder, repo, private=args.private)
+    print(f"pushed {repo}: {url}")
+    print(
+        f"load with --checkpoint hf-hub:{repo} --download, or "
+        f'timm.create_model("hf-hub:{repo}", pretrained=True)'
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 from swav.engine.run_dir import guard_output
 from swav.values import Kind
@@ -49,6 +50,19 @@ class OutputFolder(Kind):
         return text
 
 
+@dataclass(frozen=True)
+class OutputPath(Kind):
+    """A file or a folder to write, as another option decides (``swav export``: a folder for
+    ``--format timm``, a file otherwise). Refused here: a run directory's own files, a location
+    that cannot be written; the command checks the rest before any work."""
+
+    what: str = "output"
+
+    def convert(self, text: str) -> str:
+        guard_output(text, force=True, folder=Path(text).is_dir(), what=self.what)
+        return text
+
+
 def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """After parsing: every output file given must not exist unless ``--force`` is given."""
     force = bool(getattr(args, "force", False))
@@ -58,4 +72,9 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             guard_output(value, force=force, what=action.type.what)
 
 
-__all__ = ["OutputFile", "OutputFolder", "check_outputs"]  # and the kinds of swav.values
+__all__ = [
+    "OutputFile",
+    "OutputFolder",
+    "OutputPath",
+    "check_outputs",
+]  # and the kinds of swav.values

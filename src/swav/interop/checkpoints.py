@@ -287,15 +287,24 @@ def load_checkpoint(
     """Load a checkpoint file, a run directory, or a released checkpoint by name.
 
     Args:
-        path_or_name: a file, a run directory (its ``checkpoint.pt``), or a name from
+        path_or_name: a file, a run directory (its ``checkpoint.pt``), a model folder (``swav
+            hub push`` / ``swav export --format timm``, or a clone of such a hub repository),
+            ``hf-hub:OWNER/NAME[@REVISION]`` (from the Hugging Face cache), or a name from
             ``swav.interop.zoo.RELEASED`` (e.g. ``"swav_800ep"``).
         ignore: parts allowed to be absent or left out: ``projection_head``, ``prototypes``,
             ``head`` (both), ``fc`` / ``classifier``.
-        download: fetch a released checkpoint into the cache if it is not there yet.
+        download: fetch a released checkpoint or a hub model into the cache if it is not
+            there yet.
     """
+    from swav.interop.model_folder import HUB_PREFIX, hub_folder, is_model_folder
     from swav.interop.zoo import RELEASED, fetch
 
+    if str(path_or_name).startswith(HUB_PREFIX):
+        folder = hub_folder(str(path_or_name), download=download)
+        return load_model_folder(folder, ignore, source=str(path_or_name))
     p = Path(path_or_name).expanduser()
+    if is_model_folder(p):
+        return load_model_folder(p, ignore)
     if not p.exists() and str(path_or_name) in RELEASED:
         p = fetch(str(path_or_name), download=download)
     if p.is_dir():
@@ -338,6 +347,30 @@ def load_checkpoint(
         ignore = set(ignore) | {"head"}
     model, arch = build_from_state_dict(sd, ignore)
     return LoadedModel(model, layout, arch, classifier, classes, meta)
+
+
+def load_model_folder(
+    folder: Path, ignore: Iterable[str] = (), source: str | None = None
+) -> LoadedModel:
+    """A model folder (``swav.interop.model_folder``): backbone, heads when present, the pretraining
+    configuration it carries, its classifier if any."""
+    from swav.interop.model_folder import read_model_folder
+
+    sd, config = read_model_folder(folder)
+    own = config.get("swav") or {}
+    classifier = None
+    if "fc.weight" in sd:
+        w, b = sd.pop("fc.weight"), sd.pop("fc.bias", None)
+        if not {"fc", "classifier"} & set(ignore):
+            classifier = LinearHead(linear_layer(w, b)).eval()
+    parts = set(ignore)
+    if not any(k.startswith(HEAD_PARTS) for k in sd):
+        parts |= {"head"}  # a backbone alone (timm export)
+    model, name = build_from_state_dict(sd, parts)
+    meta: dict[str, Any] = {"source": source or str(folder), "layout": "model-folder"}
+    if own.get("pretraining"):
+        meta["config"] = own["pretraining"]
+    return LoadedModel(model, "model-folder", own.get("arch") or name, classifier, None, meta)
 
 
 def initial_weights(reference: str, download: bool = False) -> dict[str, Tensor]:

@@ -3,7 +3,12 @@
 - ``torchvision``: a bare state dict with torchvision's ResNet key names (``conv1`` ...
   ``layer4``); ``torchvision.models.resnet50().load_state_dict(sd, strict=False)`` reports only
   ``fc`` missing. Metadata goes to a ``.json`` file beside it.
-- ``timm``: the same key names (timm's ResNets use torchvision's), as ``.pth``.
+- ``timm``: a folder that ``timm.create_model("local-dir:FOLDER", pretrained=True)`` loads:
+  ``model.safetensors`` (timm's ResNets use torchvision's names) and ``config.json`` with the
+  architecture and its ``pretrained_cfg`` (input size, mean / std, no classifier).
+- ``onnx``: the backbone (pooled features), or with ``heads`` the whole model (features,
+  normalised embedding, prototype scores), batch and image size left free; checked against
+  PyTorch with onnxruntime when it is installed.
 - ``safetensors``: the backbone tensors with the metadata in the header.
 - ``detectron2``: a ``.pkl`` with ``stem.*`` / ``res2`` ... ``res5`` names and numpy arrays, as
   Detectron2 reads for ResNet transfer to detection.
@@ -21,51 +26,19 @@ from typing import Any
 import torch
 
 from swav.engine.checkpoint import atomic_save, atomic_write
-from swav.engine.run_dir import check_writable
+from swav.engine.run_dir import check_writable, guard_output
 from swav.errors import UsageError
+from swav.interop.formats import (
+    backbone_state_dict,
+    check_standard_resnet,
+    shareable_meta,
+)
 from swav.model.swav import SwAV
 from swav.values import EXPORT_FORMATS
 
 log = logging.getLogger(__name__)
 
 FORMATS = EXPORT_FORMATS
-
-
-def backbone_state_dict(model: SwAV) -> dict[str, torch.Tensor]:
-    sd = model.backbone.state_dict()
-    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-
-
-TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-"""The backbones torchvision, timm and Detectron2 build with the same parameter names."""
-
-
-def check_standard_resnet(model: SwAV, arch: str | None, fmt: str) -> None:
-    """Refuse, with the reason, a ``torchvision`` / ``timm`` / ``detectron2`` export of a
-    backbone that those libraries cannot build: another architecture (``resnet_tiny``, the
-    wide ResNets) or the small stem of 32-64 px training. Checked against torchvision's model
-    of the same name, parameter by parameter."""
-    advice = "export with --format safetensors or --format swav, which hold any backbone"
-    if arch not in TORCHVISION_RESNETS:
-        raise UsageError(
-            f"--format {fmt}: {fmt} has no {arch or 'unnamed'} backbone (it builds "
-            f"{', '.join(TORCHVISION_RESNETS)}); {advice}"
-        )
-    import torchvision
-
-    reference = torchvision.models.get_model(arch, weights=None).state_dict()
-    ours = backbone_state_dict(model)
-    for key, value in ours.items():
-        if key in reference and reference[key].shape != value.shape:
-            theirs, mine = tuple(reference[key].shape), tuple(value.shape)
-            raise UsageError(
-                f"--format {fmt}: this {arch} differs from {fmt}'s ({key}: {mine} here, {theirs} "
-                f"there; the small stem of 32-64 px training?), so {fmt} could not load it; "
-                + advice
-            )
-    missing = [k for k in reference if k not in ours and not k.startswith("fc.")]
-    if missing or any(k not in reference for k in ours):
-        raise UsageError(f"--format {fmt}: this backbone's parameters are not {arch}'s; {advice}")
 
 
 def detectron2_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -85,22 +58,30 @@ def detectron2_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def shareable_meta(meta: dict[str, Any]) -> dict[str, Any]:
-    """``meta`` without local paths (an exported file is often shared): the source checkpoint,
-    the pretraining data and run directory are kept by name only."""
-    meta = json.loads(json.dumps(meta, default=str))
-    if meta.get("source"):
-        meta["source"] = Path(str(meta["source"])).name
-    pre = meta.get("pretraining")
-    if isinstance(pre, dict):
-        if pre.get("run_dir"):
-            pre["run_dir"] = Path(str(pre["run_dir"])).name
-        data = pre.get("data")
-        if isinstance(data, dict) and data.get("source") and "/" in str(data["source"]):
-            data["source"] = Path(str(data["source"])).name
-        if isinstance(data, dict) and data.get("root"):
-            data["root"] = Path(str(data["root"])).name
-    return meta
+FOLDER_FORMATS = ("timm",)
+"""Formats written as a folder (``--out`` names the folder)."""
+
+
+def check_export_output(out: str | Path, fmt: str, force: bool = False) -> Path:
+    """``out`` as the output of format ``fmt``, refused before any work: a file for most
+    formats, a folder for ``timm`` (an existing non-empty one only with ``force``)."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt not in FOLDER_FORMATS:
+        return check_writable(out, force)
+    path = guard_output(out, folder=True, what=f"--format {fmt} output folder")
+    if path.suffix.lower() in (".pth", ".pt", ".bin", ".safetensors"):
+        raise UsageError(
+            f"--format {fmt} writes a folder (config.json + model.safetensors, what "
+            f'timm.create_model("local-dir:FOLDER") reads), not a {path.suffix} file: give a '
+            "folder name"
+        )
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise UsageError(
+            f"{path} is a folder with files in it: choose another folder, or pass --force to "
+            "write the model's files into it"
+        )
+    return path
 
 
 def export_model(
@@ -109,20 +90,36 @@ def export_model(
     fmt: str,
     meta: dict[str, Any] | None = None,
     force: bool = False,
+    heads: bool = False,
 ) -> list[Path]:
     """Write ``model`` in ``fmt``; returns the files written. An existing file is replaced
-    only with ``force``; a run directory's own checkpoint never."""
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    out = check_writable(out, force)
+    only with ``force``; a run directory's own checkpoint never. ``heads``: the ONNX graph
+    holds the whole model (features, embedding, prototype scores), not the backbone alone."""
+    out = check_export_output(out, fmt, force)
     if fmt in ("torchvision", "timm", "detectron2"):
         check_standard_resnet(model, (meta or {}).get("arch"), fmt)
+    if fmt == "timm":
+        from swav.interop.model_folder import write_model_folder
+
+        extra = {k: v for k, v in (meta or {}).items() if k not in ("arch", "pretraining")}
+        return write_model_folder(
+            model,
+            out,
+            arch=(meta or {}).get("arch"),
+            pretraining=(meta or {}).get("pretraining"),
+            heads=False,
+            extra=extra,
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = shareable_meta(meta or {})
     meta.setdefault("num_features", int(model.num_features))
     meta["format"] = fmt
     written = [out]
-    if fmt in ("torchvision", "timm"):
+    if fmt == "onnx":
+        from swav.interop.onnx import export_onnx
+
+        export_onnx(model, out, meta, heads=heads)
+    elif fmt == "torchvision":
         atomic_save(backbone_state_dict(model), out)
         side = out.with_name(out.name + ".json")
         text = json.dumps(meta, indent=2, default=str).encode()

@@ -16,7 +16,9 @@ otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -26,6 +28,22 @@ from torch import Tensor, nn
 # CPU: measured faster there (ResNet maps of 1, 2 and 3 px, and 4 or 6 px at stride 2), while at
 # 4 x 4 and above oneDNN is as fast or faster (benchmarks/perf.py --only conv)
 TAP_MAX_PIXELS = 9
+
+_PLAIN = [False]
+"""Set by ``plain_convolutions``: every ``Conv2d`` takes ``nn.Conv2d``'s path."""
+
+
+@contextlib.contextmanager
+def plain_convolutions() -> Iterator[None]:
+    """Within it, ``Conv2d`` computes as ``nn.Conv2d`` whatever the map size: for tracing and
+    export (ONNX), where one graph must serve every input size and the tap path's shape-by-shape
+    plan cannot be recorded."""
+    before = _PLAIN[0]
+    _PLAIN[0] = True
+    try:
+        yield
+    finally:
+        _PLAIN[0] = before
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -177,6 +195,7 @@ class Conv2d(nn.Conv2d):
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if (
             input.device.type == "cpu"
+            and not _PLAIN[0]
             and input.dim() == 4
             and self.groups == 1
             and self.dilation == (1, 1)
