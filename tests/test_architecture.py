@@ -277,7 +277,7 @@ def test_the_training_loop_stays_short():
         assert name not in text, f"engine/train.py names {name}"
 
 
-IMPORT_NAMES = {"umap-learn": "umap", "faiss-cpu": "faiss"}
+IMPORT_NAMES = {"umap-learn": "umap", "faiss-cpu": "faiss", "mlflow-skinny": "mlflow"}
 """Packages whose import name differs from their distribution name."""
 
 

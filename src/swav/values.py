@@ -222,3 +222,7 @@ EXPORT_FORMATS = ("torchvision", "timm", "safetensors", "detectron2", "onnx", "s
 
 IGNORABLE_PARTS = ("projection_head", "prototypes", "head", "fc", "classifier")
 """Parts of a checkpoint that ``ignore=`` (``--ignore``) may leave out."""
+
+LOGGERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+"""The trackers ``train.loggers`` may name -> the module each needs (``pip install
+'swav[NAME]'``); ``metrics.jsonl`` is always written."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from swav.cli.common import (
@@ -14,6 +15,7 @@ from swav.cli.common import (
     settings_from_args,
     size_options,
 )
+from swav.engine.run_dir import RunDir
 from swav.eval.protocols import PROTOCOLS, evaluate, format_result
 from swav.values import COUNT, InputFolder, Reference
 
@@ -81,6 +83,12 @@ def _eval(args: argparse.Namespace) -> int:
     record = evaluate(request, args.protocol, settings)
     print(format_result(record))
     print(f"result written to {out}")
+    if Path(args.checkpoint).is_dir() and RunDir.of(args.checkpoint).config.is_file():
+        from swav.engine.trackers import log_evaluation
+
+        sent = log_evaluation(RunDir.of(args.checkpoint), record)
+        if sent:
+            print(f"sent to the run's {', '.join(sent)}")
     return 0
 
 

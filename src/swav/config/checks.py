@@ -11,6 +11,7 @@ import swav.run_length as run_length
 from swav.config.schema import ON_COLLAPSE, Config
 from swav.data.settings import is_stream
 from swav.errors import ConfigError
+from swav.values import LOGGERS
 
 
 def _check_run_length(value: float | str, key: str) -> None:
@@ -138,6 +139,33 @@ CROSS_FIELD = (
 """Settings whose check depends on others (the batch, the crops, the world size)."""
 
 
+def check_loggers(names: Any) -> None:
+    """``train.loggers``: known trackers, each installed (found without importing it), none
+    twice."""
+    import importlib.util
+
+    _check(
+        isinstance(names, list) and all(isinstance(n, str) for n in names),
+        "train.loggers",
+        f"must be a list of names such as [tensorboard,wandb], got {names!r}",
+    )
+    for name in names:
+        if name == "jsonl":
+            continue  # always written; naming it is harmless
+        _check(
+            name in LOGGERS,
+            "train.loggers",
+            f"unknown logger {name!r}; choose from {', '.join(LOGGERS)} (metrics.jsonl is "
+            "always written)",
+        )
+        _check(
+            importlib.util.find_spec(LOGGERS[name]) is not None,
+            "train.loggers",
+            f"{name} is not installed: pip install 'swav[{name}]', or leave it out",
+        )
+    _check(len(set(names)) == len(names), "train.loggers", f"{names} names a logger twice")
+
+
 def check_settings(cfg: Config, world_size: int = 1) -> None:
     """Every check of ``validate``, run whatever was validated before."""
     o, t, s, m = cfg.optim, cfg.train, cfg.swav, cfg.model
@@ -166,6 +194,7 @@ def check_settings(cfg: Config, world_size: int = 1) -> None:
         f"must be one of auto, bf16, fp16, fp32; got {t.precision!r}",
     )
     _check(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
+    check_loggers(t.loggers)
     _check(t.iters_per_epoch >= 0, "train.iters_per_epoch", "must be >= 0")
     _check(t.save_every >= 0, "train.save_every", "must be >= 0")
     _check(t.global_batch >= 0, "train.global_batch", "must be >= 0 (0: not stated)")

@@ -105,6 +105,11 @@ class TrainConfig:
     rate, epsilon, queue start, prototype freezing; each change is logged)."""
     max_recoveries: int = 3
     """Recoveries allowed before a run that keeps collapsing stops with CollapseError."""
+    loggers: list[str] = field(default_factory=list)
+    """Experiment trackers besides metrics.jsonl (always written): any of tensorboard, wandb,
+    mlflow, e.g. [tensorboard,wandb]. Each gets the configuration, every metric and the results
+    of `swav eval` on the run; a resumed run continues the same tracker runs. W&B follows
+    WANDB_PROJECT / WANDB_MODE=offline, MLflow MLFLOW_TRACKING_URI (default RUN_DIR/mlruns)."""
 
     def global_batch_of(self, world_size: int) -> int:
         """Images in one step over all ``world_size`` processes (the one place it is computed)."""
@@ -143,6 +148,7 @@ class Config:
             "device",
             "threads",
             "iters_per_epoch",
+            "loggers",
         )
         for key in (*logistics, "on_collapse", "max_recoveries"):
             d["train"].pop(key)

@@ -1,5 +1,6 @@
 """What a run reports while it trains: one logger owns the metric buffer, the health checks,
-the progress bar, ``metrics.jsonl`` and TensorBoard, and flushes them all through one path.
+the progress bar, ``metrics.jsonl`` and the trackers (``train.loggers``), and flushes them all
+through one path.
 
 Losses stay on the device between flushes: moving them to the host is the loop's only
 synchronisation, once every ``train.log_every`` iterations.
@@ -22,47 +23,45 @@ from torch import Tensor
 from swav.data.loader import Corrupt
 from swav.engine.health import Collapse, CollapseMonitor, NonFiniteLossError, code_stats
 from swav.engine.run_dir import RunDir
+from swav.engine.trackers import Trackers
 
 log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
-    """Appends one JSON object per line to ``metrics.jsonl``; mirrors scalars to TensorBoard."""
+    """Appends one JSON object per line to ``metrics.jsonl``; sends the same records to the
+    run's trackers (``train.loggers``: TensorBoard, W&B, MLflow)."""
 
-    def __init__(self, run: RunDir, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self,
+        run: RunDir,
+        enabled: bool = True,
+        loggers: list[str] | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.enabled = enabled
         self._f: IO[str] | None = open(run.metrics, "a") if enabled else None  # noqa: SIM115
-        self._tb: Any = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(run.tensorboard))
-            except Exception:  # tensorboard is optional
-                self._tb = None
+        self.trackers = Trackers(run, loggers or [], config or {}) if enabled else None
 
     def write(self, record: dict[str, Any]) -> None:
         if self._f is None:
             return
         self._f.write(json.dumps(record) + "\n")
-        if self._tb is not None and "iteration" in record:
-            for k, v in record.items():
-                if k not in ("iteration", "epoch", "kind") and isinstance(v, int | float):
-                    tag = f"{record.get('kind', 'train')}/{k}"
-                    self._tb.add_scalar(tag, v, record["iteration"])
+        if self.trackers is not None:
+            self.trackers.write(record)
 
     def flush(self) -> None:
         if self._f:
             self._f.flush()
-        if self._tb is not None:
-            self._tb.flush()
+        if self.trackers is not None:
+            self.trackers.flush()
 
     def close(self) -> None:
         if self._f:
             self._f.close()
             self._f = None
-        if self._tb is not None:
-            self._tb.close()
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 class TrainLogger:
@@ -90,13 +89,15 @@ class TrainLogger:
         progress: bool,
         device: torch.device,
         distributed: bool = False,
+        loggers: list[str] | None = None,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.distributed = distributed
         """Losses and health statistics are reduced over all processes (the same on each)."""
         self.run, self.enabled, self.n_prototypes = run, enabled, n_prototypes
         self.epochs, self.iters, self.log_every = epochs, iters_per_epoch, log_every
         self.monitor, self.progress = monitor, progress and enabled
-        self.writer = MetricsWriter(run, enabled)
+        self.writer = MetricsWriter(run, enabled, loggers, config)
         self.usage = torch.zeros(n_prototypes[0], device=device)
         self.last_loss = float("nan")
         """The loss of the last iteration flushed."""

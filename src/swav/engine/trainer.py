@@ -242,6 +242,8 @@ def build_logger(t: Trainer, progress: bool) -> TrainLogger:
         progress=progress,
         device=t.device,
         distributed=t.dist.enabled,
+        loggers=list(cfg.train.loggers),
+        config=cfg.to_dict(),
     )
 
 

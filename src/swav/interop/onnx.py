@@ -55,19 +55,20 @@ def input_size(meta: dict[str, Any]) -> int:
     return int(mc.get("eval_size") or (mc.get("sizes") or [224])[0])
 
 
-def _require(module: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UsageError(f"--format onnx needs {module}: pip install 'swav[onnx]'") from None
+def _missing(module: str) -> UsageError:
+    return UsageError(f"--format onnx needs {module}: pip install 'swav[onnx]'")
 
 
 def export_onnx(model: SwAV, out: Path, meta: dict[str, Any], heads: bool = False) -> Path:
     """Write ``model`` (eval mode, on the CPU, in fp32) to ``out`` as ONNX."""
-    onnx = _require("onnx")
-    _require("onnxscript")
+    try:
+        import onnx
+    except ImportError:
+        raise _missing("onnx") from None
+    try:
+        import onnxscript  # noqa: F401 - torch.onnx's exporter builds the graph with it
+    except ImportError:
+        raise _missing("onnxscript") from None
     if heads and model.projection_head is None and model.prototypes is None:
         raise UsageError("--heads: this model has no projection head or prototypes to export")
     model = model.eval().float().cpu()
@@ -116,7 +117,10 @@ def export_onnx(model: SwAV, out: Path, meta: dict[str, Any], heads: bool = Fals
 def compare_with_torch(model: SwAV, path: Path, images: Tensor, heads: bool = False) -> float:
     """The largest absolute difference between onnxruntime's outputs for ``images`` and the
     PyTorch model's, over every output."""
-    ort = _require("onnxruntime")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise _missing("onnxruntime") from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"images": images.float().numpy()})
     with torch.no_grad():
