@@ -85,8 +85,13 @@ def _lr(step: int, total: int, warmup: int, base: float, end: float) -> float:
 
 
 def run_lightly(
-    cfg: Config, args: argparse.Namespace, evaluate: Callable[..., dict]
+    cfg: Config,
+    args: argparse.Namespace,
+    evaluate: Callable[..., dict],
+    epochs: int | None = None,
 ) -> dict[str, Any]:
+    """lightly's SwAV for ``epochs`` (default: the configuration's), measured every
+    ``--eval-every`` epochs as ours; ``train_seconds`` excludes the measurements."""
     from lightly.loss import SwaVLoss
     from lightly.loss.memory_bank import MemoryBankModule
 
@@ -95,7 +100,7 @@ def run_lightly(
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     source = training_source(cfg.data, cfg.train.seed)
-    bs, epochs = cfg.train.batch_size, cfg.train.epochs
+    bs, epochs = cfg.train.batch_size, epochs or cfg.train.epochs
     sampler = EpochSampler(len(source), bs, cfg.train.seed, 0, 1, cfg.train.iters_per_epoch)
     dataset = MultiCropDataset(source, MultiCrop(cfg.multicrop))
     budget = thread_budget(cfg.train.threads, cfg.data.workers, torch.device("cpu"))

@@ -239,12 +239,16 @@ def main() -> None:
         warm_start(start, initial_weights(cfg.model.init), cfg.model.init)
         record["init_weights"] = evaluate(start.eval(), cfg, args.eval_limit, args.probe_epochs)
         print(json.dumps(record["init_weights"]), flush=True)
+    out = HERE / "results" / f"quality_{args.name}.json"
+    previous = json.loads(out.read_text()) if out.exists() else {}
     if args.peer != "only-lightly":
         record["ours"] = run_ours(cfg, args)
     if args.peer != "none":
         from lightly_swav import run_lightly
 
-        record["lightly"] = run_lightly(cfg, args, evaluate)
+        record["lightly"] = run_lightly(
+            cfg, args, evaluate, epochs=_ours_epochs(record, previous, cfg)
+        )
     base = record["random_init"]["knn_k20"]
     for side in ("ours", "lightly"):
         if side in record:
@@ -252,8 +256,6 @@ def main() -> None:
                 f"random+{d}": minutes_to_reach(record[side]["curve"], base + d) for d in (5, 10)
             }
     record["peak_rss_mb"] = round(peak_rss_mb(), 0)
-    out = HERE / "results" / f"quality_{args.name}.json"
-    previous = json.loads(out.read_text()) if out.exists() else {}
     if _same_configuration(previous, cfg):
         # The same configuration measured in two sittings (ours, then the peer, or the other
         # way round): keep the side this run did not measure.
@@ -266,6 +268,22 @@ def main() -> None:
             record["peer_command"] = previous["peer_command"]
     out.write_text(json.dumps(record, indent=1))
     print(f"written {out}")
+
+
+def _ours_epochs(record: dict, previous: dict, cfg: Config) -> int | None:
+    """The epochs lightly's side trains: those of our run when it had a time budget (its own
+    plan; this run's or, measured separately, the recorded one), else the configuration's."""
+    if not duration(cfg.train.time_budget):
+        return None
+    ours = record.get("ours") or (
+        previous.get("ours") if _same_configuration(previous, cfg) else None
+    )
+    if not ours:
+        raise SystemExit(
+            "a time-budget run: lightly's side trains as many epochs as ours did; run ours "
+            "first (--peer none) with the same settings"
+        )
+    return int(ours["curve"][-1]["epoch"])
 
 
 def _same_configuration(previous: dict, cfg: Config) -> bool:

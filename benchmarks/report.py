@@ -96,11 +96,7 @@ def budget_section(records: list[dict], colour: list[dict]) -> list[str]:
         base_lin = max(m["linear_fast"], start["linear_fast"]) if start else m["linear_fast"]
         vs = f" / start {start['knn_k20']:.1f}" if start else ""
         vs_lin = f" / start {start['linear_fast']:.1f}" if start else ""
-        minutes = o.get("minutes_to", {})
-        to = " / ".join(
-            "-" if minutes.get(k) is None else f"{minutes[k]:.1f}"
-            for k in ("random+5", "random+10")
-        )
+        to = _minutes_to(o).replace("never", "-")
         out.append(
             f"| {r['name']} | {role} | {r.get('cpu', '?')} | {_setting(r, 'model.arch')} | "
             f"{o.get('budget_seconds', 0) / 60:.0f} min | {o['iterations']} | "
@@ -109,8 +105,10 @@ def budget_section(records: list[dict], colour: list[dict]) -> list[str]:
             f"{_after_first_quarter(r, 'knn_k20', base_knn)} / "
             f"{_after_first_quarter(r, 'linear_fast', base_lin)} | {to} |"
         )
+    out += time_to_accuracy([r for r in records if "lightly" in r])
     out += ["", "Commands (the data folders are written by `benchmarks/subsets.py`):", ""]
-    out += [f"- `{r['command']}`" for r in records] + [""]
+    out += [f"- `{r['command']}`" for r in records]
+    out += [f"- `{r['peer_command']}`" for r in records if r.get("peer_command")] + [""]
     notes = [f"- `{r['name']}`: {r['note']}" for r in records if r.get("note")]
     out += ["Notes:", "", *notes, ""] if notes else []
     if colour:
@@ -136,6 +134,45 @@ def budget_section(records: list[dict], colour: list[dict]) -> list[str]:
             ]
             out.append(f"| {c['name']} | {c['arch']} | " + " | ".join(cells) + " |")
         out += ["", "Commands:", ""] + [f"- `{c['command']}`" for c in colour] + [""]
+    return out
+
+
+def _minutes_to(side: dict) -> str:
+    minutes = side.get("minutes_to", {})
+    return " / ".join(
+        "never" if minutes.get(k) is None else f"{minutes[k]:.1f}"
+        for k in ("random+5", "random+10")
+    )
+
+
+def time_to_accuracy(records: list[dict]) -> list[str]:
+    """Minutes each side trained until its kNN reached random init + 5 / + 10, at equal
+    settings (the same network, crops, batches and epochs as our budget run planned)."""
+    if not records:
+        return []
+    out = [
+        "",
+        "Time to accuracy, ours against lightly's SwAV at equal settings: lightly trains the "
+        "same network on the same crops and batches for as many epochs as our run planned "
+        "for its budget, with its own hyper-parameters (`benchmarks/lightly_swav.py`), and "
+        "is measured at the same epochs. Minutes of training (measurements excluded) until "
+        "kNN k = 20 first reached random init + 5 / + 10:",
+        "",
+        "| run | epochs | ours: minutes to +5 / +10 | lightly: minutes to +5 / +10 | "
+        "ours: kNN at the end (minutes) | lightly: kNN at the end (minutes) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        o, p = r["ours"], r["lightly"]
+
+        def end(side: dict) -> str:
+            f = side["final"]
+            return f"{f['knn_k20']:.1f} ({(f.get('train_seconds') or 0) / 60:.1f})"
+
+        out.append(
+            f"| {r['name']} | {o['final']['epoch']} | {_minutes_to(o)} | {_minutes_to(p)} | "
+            f"{end(o)} | {end(p)} |"
+        )
     return out
 
 

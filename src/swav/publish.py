@@ -32,10 +32,11 @@ def write_hub_folder(
     loaded = load_checkpoint(source, download=download)
     run = _run_of(source)
     folder = Path(folder)
+    timm_arch = timm_architecture(loaded.model, loaded.arch)
     card = model_card(
         repo_id,
         arch=loaded.arch,
-        timm=timm_architecture(loaded.model, loaded.arch) is not None,
+        timm=timm_arch is not None,
         pretraining=loaded.pretraining,
         run=run,
         license=license,
@@ -45,6 +46,7 @@ def write_hub_folder(
         loaded.model,
         folder,
         arch=loaded.arch,
+        timm_arch=timm_arch,
         pretraining=loaded.pretraining or None,
         classifier=loaded.classifier.linear if loaded.classifier is not None else None,
         card=card,

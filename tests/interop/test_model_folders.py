@@ -202,6 +202,12 @@ def test_push_uploads_the_folder_it_wrote(r18_run, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "401 Unauthorized" in err and str(keep) in err
     assert (keep / WEIGHTS).is_file()  # nothing lost: the folder stays for a later upload
+    # that folder now has files: writing into it again needs --force, and is refused before
+    # anything is loaded or uploaded
+    monkeypatch.setattr(hub, "HfApi", None)
+    assert main([*args, "--out", str(keep)]) == 2
+    err = capsys.readouterr().err
+    assert "has files in it" in err and "--force" in err
 
 
 def test_timm_export_is_a_folder_timm_loads_by_name(r18_run, tmp_path, capsys):
@@ -225,7 +231,8 @@ def test_timm_export_is_a_folder_timm_loads_by_name(r18_run, tmp_path, capsys):
     # again into the same folder: only with --force; a file name is refused with the reason
     base = ["export", "--checkpoint", str(r18_run), "--format", "timm"]
     assert main([*base, "--out", str(out)]) == 2
-    assert "--force" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has files in it" in err and "--force" in err
     assert main([*base, "--out", str(out), "--force"]) == 0
     assert main([*base, "--out", str(tmp_path / "r18.pth")]) == 2
     assert "writes a folder" in capsys.readouterr().err

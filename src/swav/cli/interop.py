@@ -9,6 +9,7 @@ from typing import Any
 
 from swav.cli.common import batch_options, checkpoint_options, progress_options, size_options
 from swav.cli.kinds import OutputFile, OutputFolder, OutputPath
+from swav.engine.run_dir import guard_output
 from swav.errors import UsageError
 from swav.values import COUNT, EXPORT_FORMATS, InputFile, Reference, Split
 
@@ -218,11 +219,9 @@ def _hub_push(args: argparse.Namespace) -> int:
         raise UsageError(f"--repo {args.repo}: name the repository alone (OWNER/NAME)")
     if args.dry_run and args.out is None:
         raise UsageError("--dry-run writes the folder only: give it with --out FOLDER")
-    out = Path(args.out) if args.out else None
-    if out is not None and out.is_dir() and any(out.iterdir()) and not args.force:
-        raise UsageError(
-            f"--out {out} has files in it: choose an empty or new folder, or pass --force"
-        )
+    out = None
+    if args.out is not None:
+        out = guard_output(args.out, args.force, folder=True, what="--out", empty=True)
     with tempfile.TemporaryDirectory(prefix="swav-hub-") as tmp:
         folder = out or Path(tmp)
         written = write_hub_folder(

@@ -41,7 +41,7 @@ class MetricsWriter:
     ) -> None:
         self.enabled = enabled
         self._f: IO[str] | None = open(run.metrics, "a") if enabled else None  # noqa: SIM115
-        self.trackers = Trackers(run, loggers or [], config or {}) if enabled else None
+        self.trackers = Trackers(run, loggers, config or {}) if enabled and loggers else None
 
     def write(self, record: dict[str, Any]) -> None:
         if self._f is None:

@@ -181,14 +181,19 @@ def _own_file_of_run(path: Path) -> bool:
 
 
 def guard_output(
-    path: str | Path, force: bool = False, folder: bool = False, what: str = "output"
+    path: str | Path,
+    force: bool = False,
+    folder: bool = False,
+    what: str = "output",
+    empty: bool = False,
 ) -> Path:
     """``path`` as an output, checked before any work is done (nothing is created).
 
     Refused, with what to do instead: an empty name; a run directory's own files (even with
     ``force``: an evaluation result written over ``checkpoint.pt`` loses the run); a file
     where a folder is wanted or a folder where a file is wanted; an existing file unless
-    ``force``; a location whose nearest existing folder is not writable. Returns it as a Path.
+    ``force``; with ``empty``, a folder that has files in it unless ``force``; a location whose
+    nearest existing folder is not writable. Returns it as a Path.
     """
     if not str(path).strip():
         raise UsageError(f"{what}: an empty name; give a path")
@@ -200,6 +205,11 @@ def guard_output(
         )
     if folder and path.exists() and not path.is_dir():
         raise UsageError(f"{what} {path} is a file, not a folder; choose another folder")
+    if folder and empty and not force and path.is_dir() and any(path.iterdir()):
+        raise UsageError(
+            f"{what} {path} has files in it: choose an empty or new folder, or pass --force "
+            "to write into it"
+        )
     if path.exists() and not path.is_dir() and not path.is_file():
         raise UsageError(f"{what} {path} is not a regular file (a device?); give a file path")
     if not folder and path.is_dir():

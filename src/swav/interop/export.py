@@ -69,17 +69,12 @@ def check_export_output(out: str | Path, fmt: str, force: bool = False) -> Path:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt not in FOLDER_FORMATS:
         return check_writable(out, force)
-    path = guard_output(out, folder=True, what=f"--format {fmt} output folder")
+    path = guard_output(out, force, folder=True, what=f"--format {fmt} output folder", empty=True)
     if path.suffix.lower() in (".pth", ".pt", ".bin", ".safetensors"):
         raise UsageError(
             f"--format {fmt} writes a folder (config.json + model.safetensors, what "
             f'timm.create_model("local-dir:FOLDER") reads), not a {path.suffix} file: give a '
             "folder name"
-        )
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise UsageError(
-            f"{path} is a folder with files in it: choose another folder, or pass --force to "
-            "write the model's files into it"
         )
     return path
 
@@ -106,6 +101,7 @@ def export_model(
             model,
             out,
             arch=(meta or {}).get("arch"),
+            timm_arch=(meta or {}).get("arch"),  # checked above
             pretraining=(meta or {}).get("pretraining"),
             heads=False,
             extra=extra,

@@ -164,6 +164,7 @@ def write_model_folder(
     folder: str | Path,
     *,
     arch: str | None,
+    timm_arch: str | None,
     pretraining: dict[str, Any] | None = None,
     classifier: torch.nn.Linear | None = None,
     heads: bool = True,
@@ -172,12 +173,13 @@ def write_model_folder(
 ) -> list[Path]:
     """Write ``model`` as a model folder (see the module's text); returns the files written.
 
-    ``heads``: also the projection head, prototypes and classifier (``swav_heads.safetensors``).
-    ``card``: the model card's text (``README.md``). ``extra``: more entries of ``"swav"``.
+    ``timm_arch``: the timm name that builds the backbone (``timm_architecture``), None when
+    timm cannot. ``heads``: also the projection head, prototypes and classifier
+    (``swav_heads.safetensors``). ``card``: the model card's text (``README.md``). ``extra``:
+    more entries of ``"swav"``.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    timm_arch = timm_architecture(model, arch)
     config: dict[str, Any] = timm_config(model, timm_arch, pretraining) if timm_arch else {}
     swav_meta = shareable_meta({"pretraining": pretraining, **(extra or {})})
     config["swav"] = {
