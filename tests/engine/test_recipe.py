@@ -41,7 +41,7 @@ def test_recipe_for_imagenette_on_a_cpu():
     # a small batch: few prototypes, no queue, a small embedding, a soft temperature
     assert s["train.batch_size"] == 64 and s["model.n_prototypes"] == [100]
     assert s["swav.queue_length"] == 0 and s["model.output_dim"] == 32
-    assert s["optim.base_lr"] == 0.6 and s["optim.lars_exclude_bias_norm"] is False
+    assert s["optim.base_lr"] == 1.2 and s["optim.lars_exclude_bias_norm"] is False
     assert all(k in r.reasons and r.reasons[k] for k in s)  # every choice has its reason
     cfg = build_config(None, r.overrides())  # and it is a valid configuration
     assert cfg.model.n_prototypes == [100]
