@@ -79,7 +79,7 @@ def budget_section(records: list[dict], colour: list[dict]) -> list[str]:
         "decided on the tuning data only; the validation data was not looked at until the "
         "rules were fixed. The learning rate was decided later, on the vehicles and on "
         "Imagenette-32 (a validation set of the first rules, then tuning data for this one): "
-        "the runs at 2.4 are the recipe before that change, those at 0.6 the recipe now. "
+        "the runs at 2.4 are the recipe before that change, those at 1.2 the recipe now. "
         "'After 1/4' says whether every epoch after the first quarter of the "
         "run was above random init; 'minutes to' is the training time until kNN first reached "
         "random init + 5 / + 10 (interpolated between the measured epochs). The tuning runs "
