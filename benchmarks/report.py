@@ -49,7 +49,13 @@ def quality_table(records: list[dict]) -> list[str]:
     return lines
 
 
-ROLES = {"tune": "tuning", "diag": "tuning", "val": "validation", "warm": "warm start"}
+ROLES = {
+    "tune": "tuning",
+    "diag": "tuning",
+    "val": "validation",
+    "warm": "warm start",
+    "budget": "regression (tuned on)",
+}
 """Name prefixes of the time-budget runs and the role of their data."""
 
 

@@ -5,7 +5,8 @@ written as ImageFolder trees outside the repository (never committed):
   test), a hard, fine-grained-like set of small photos;
 - ``cifar10-vehicles``: airplane, automobile, ship and truck (20,000 / 4,000);
 - ``imagenette-32`` / ``imagenette-64``: Imagenette's 96 px images resized to 32 / 64 px
-  (9,469 train / 3,925 val).
+  (9,469 train / 3,925 val);
+- ``imagenette-96``: the archive's images as they are, as a folder.
 
     python benchmarks/subsets.py --out ~/data            # all of them
     python benchmarks/subsets.py --out ~/data --only cifar10-animals
@@ -37,10 +38,11 @@ def _members(archive: Path):
                 yield parts[1], parts[2], parts[3], f.read()
 
 
-def class_subset(archive: Path, out: Path, classes: tuple[str, ...]) -> int:
+def class_subset(archive: Path, out: Path, classes: tuple[str, ...] | None) -> int:
+    """The images of ``classes`` (None: all), written unchanged."""
     n = 0
     for split, cls, name, data in _members(archive):
-        if cls in classes:
+        if classes is None or cls in classes:
             (out / split / cls).mkdir(parents=True, exist_ok=True)
             (out / split / cls / name).write_bytes(data)
             n += 1
@@ -69,6 +71,7 @@ def main() -> None:
         "cifar10-vehicles": lambda d: class_subset(cifar, d, VEHICLES),
         "imagenette-32": lambda d: resized(nette, d, 32),
         "imagenette-64": lambda d: resized(nette, d, 64),
+        "imagenette-96": lambda d: class_subset(nette, d, None),
     }
     for name, make in jobs.items():
         if args.only and name not in args.only:
