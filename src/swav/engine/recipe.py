@@ -251,13 +251,14 @@ def choose_cpu_backbone(step_seconds: Callable[[str], float], budget: float) -> 
             break
     fits = [a for a in CPU_BACKBONES if a in times and budget / times[a] >= STEPS_WANTED]
     paced = ", ".join(f"{a} {t:.2f} s" for a, t in times.items())
-    within = f"in {format_duration(budget)} (a step: {paced})"
+    within = f"in {format_duration(budget)} (a step on synthetic crops: {paced})"
     if fits:
         return fits[0], f"the largest backbone that makes {STEPS_WANTED}+ steps {within}"
     fastest = CPU_BACKBONES[-1]
     return fastest, (
-        f"none makes {STEPS_WANTED} steps {within}: the fastest "
-        f"({int(budget / times[fastest])} steps); a longer train.time_budget affords a larger one"
+        f"none makes {STEPS_WANTED} steps {within}: the fastest (at most "
+        f"{int(budget / times[fastest])} steps: decoding the images shares the cores); "
+        "a longer train.time_budget affords a larger one"
     )
 
 
