@@ -1,6 +1,7 @@
 """``train.time_budget``: the run times its steps, sets its epochs (and the schedules given as
-shares of the run) to fit, ends within 5 % of the budget, and a resumed run continues the budget
-it started with."""
+shares of the run) to fit, ends within 5 % of the budget (a budget of seconds, which holds only a
+dozen epochs, within 5 % and one epoch: ``assert_ended_on_time``), and a resumed run continues the
+budget it started with."""
 
 import os
 import signal
