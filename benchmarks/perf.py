@@ -1,5 +1,5 @@
-"""Speed and memory benchmarks, each side by side with its peer in the same process, timed
-alternately (A, B, A, B, ...), reported as a ratio.
+"""Speed and memory benchmarks, each side by side with its peer in one run, timed alternately
+(A, B, A, B, ...), reported as a ratio.
 
     python benchmarks/perf.py                 # everything; writes results/perf_<machine>.json
     python benchmarks/perf.py --only sinkhorn # one part
@@ -10,6 +10,11 @@ lightly's SwaVTransform), Sinkhorn B=4096 K=3000 (ours vs the naive formula; alo
 2 busy processes). `--only contention`: the ResNet-18 step beside 0, 1 and 2 busy processes, the
 default thread budget vs each fixed count, ours and lightly's. Peak memory of each
 side is measured in a fresh subprocess (--memory).
+
+The training steps run each side in its own process, stepped in turn from this one: a library's
+process-wide settings (ours keeps the memory a step frees, `swav.engine.host_memory`, as
+`swav pretrain` does on the CPU) then stay its own. lightly's step is timed as it ships and,
+in a third process, with our memory setting too. The other parts run both sides in this process.
 """
 
 from __future__ import annotations
@@ -29,8 +34,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from swav.engine.runtime import cpu_supports_bf16
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -248,7 +251,7 @@ SETUPS = {
         arch="resnet18", feat=512, crops=[(2, 64), (4, 32)], batch=64, rounds=12, reps=2
     ),
     "resnet50": dict(
-        arch="resnet50", feat=2048, crops=[(2, 224), (6, 96)], batch=32, rounds=1, reps=2
+        arch="resnet50", feat=2048, crops=[(2, 224), (6, 96)], batch=32, rounds=3, reps=1
     ),
 }
 
@@ -264,11 +267,16 @@ def make_crops(setup, channels_last: bool) -> list[torch.Tensor]:
 
 
 def our_step(setup):
+    """Our training step as `swav pretrain` runs it on the CPU: channels-last, bf16 autocast
+    where the CPU has bf16 instructions, and the memory a step frees kept for the next
+    (process-wide: a peer stepped in the same process gets it too)."""
+    from swav.engine.host_memory import keep_freed_memory
     from swav.engine.optim import build_optimizer
     from swav.engine.runtime import resolve_precision
     from swav.model import build_model
     from swav.objective.swav_loss import SwAVConfig, SwAVLoss
 
+    keep_freed_memory()
     model = build_model(setup["arch"], 2048, 128, 3000).to(memory_format=torch.channels_last)
     opt = build_optimizer(model, "lars", 0.1)
     crops = make_crops(setup, True)
@@ -413,38 +421,110 @@ def bench_contention(steps: int = 8) -> dict:
     return out
 
 
+STEP_SIDES = ("ours", "lightly", "lightly_kept")
+"""The processes of a step benchmark: ours, lightly's as it ships, lightly's with our memory
+setting (``swav.engine.host_memory``)."""
+
+
+class SideProcess:
+    """One side of a step benchmark in its own Python process (``perf.py --worker SIDE:NAME``),
+    asked over a pipe for its FLOP count or for N timed steps."""
+
+    def __init__(self, side: str, name: str) -> None:
+        self.side = side
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", f"{side}:{name}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.info = self._answer()
+
+    def _answer(self):
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("@@ "):
+                return json.loads(line[3:])
+        raise RuntimeError(f"the {self.side} process ended (exit code {self.proc.wait()})")
+
+    def ask(self, what: str):
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait()
+
+
+def step_worker(spec: str) -> None:
+    """The loop of a ``SideProcess``: builds its step, then answers 'flops' or a step count."""
+    side, name = spec.split(":")
+    torch.manual_seed(0)
+    if side == "lightly_kept":
+        from swav.engine.host_memory import keep_freed_memory
+
+        keep_freed_memory()
+    step = (our_step if side == "ours" else lightly_step)(SETUPS[name])
+
+    def say(value) -> None:
+        print("@@ " + json.dumps(value), flush=True)
+
+    say({"precision": step.precision})
+    for line in sys.stdin:
+        ask = line.strip()
+        say(step_flops(step) if ask == "flops" else timeit(step, int(ask)))
+
+
 def bench_step(name: str, peaks: dict) -> dict:
     setup = SETUPS[name]
-    torch.manual_seed(0)
-    a, b = our_step(setup), lightly_step(setup)
-    # FLOPs as performed (our small maps skip the padding taps, see swav.model.conv) and as
-    # usually counted (every convolution at full size: the peer's count of the same network)
-    flops, nominal = step_flops(a), step_flops(b)
-    ta, tb = alternate(a, b, setup["rounds"], setup["reps"])
-    images = setup["batch"]
-    ours_s, theirs_s = statistics.median(ta), statistics.median(tb)
-    reps = setup["reps"]  # the ratio within each round (ours then theirs, back to back)
+    sides: dict[str, SideProcess] = {}
+    try:
+        for side in STEP_SIDES:  # one at a time, so that building one does not slow another
+            sides[side] = SideProcess(side, name)
+        # FLOPs as performed (our small maps skip the padding taps, see swav.model.conv) and as
+        # usually counted (every convolution at full size: the peer's count of the same network)
+        flops, nominal = sides["ours"].ask("flops"), sides["lightly"].ask("flops")
+        for proc in sides.values():
+            proc.ask("1")  # warm-up
+        times: dict[str, list[float]] = {side: [] for side in sides}
+        for _ in range(setup["rounds"]):
+            for side, proc in sides.items():
+                times[side] += proc.ask(str(setup["reps"]))
+    finally:
+        for proc in sides.values():
+            proc.close()
+    images, reps = setup["batch"], setup["reps"]
+    med = {side: statistics.median(t) for side, t in times.items()}
+    ta, tb = times["ours"], times["lightly"]
+    # the ratio within each round (the sides back to back)
     per_round = [
         statistics.median(tb[i : i + reps]) / statistics.median(ta[i : i + reps])
         for i in range(0, len(ta), reps)
     ]
-    achieved = flops / ours_s / 1e9
-    peak = peaks["bf16" if a.precision == "bf16" else "fp32"]
+    achieved = flops / med["ours"] / 1e9
+    precision = sides["ours"].info["precision"]
+    peak = peaks["bf16" if precision == "bf16" else "fp32"]
     return {
         "arch": setup["arch"],
         "crops": " + ".join(f"{n}x{s}" for n, s in setup["crops"]),
         "batch": images,
         "steps_timed_each": len(ta),
-        "precision_ours": a.precision,
-        "precision_lightly": b.precision,
-        "ours_images_per_s": round(images / ours_s, 1),
-        "lightly_images_per_s": round(images / theirs_s, 1),
-        "speedup": round(theirs_s / ours_s, 2),
+        "precision_ours": precision,
+        "precision_lightly": sides["lightly"].info["precision"],
+        "processes": "one per side, stepped in turn",
+        "ours_images_per_s": round(images / med["ours"], 1),
+        "lightly_images_per_s": round(images / med["lightly"], 1),
+        "speedup": round(med["lightly"] / med["ours"], 2),
         "speedup_per_round": [round(r, 2) for r in per_round],
+        "lightly_kept_images_per_s": round(images / med["lightly_kept"], 1),
+        "speedup_vs_lightly_kept": round(med["lightly_kept"] / med["ours"], 2),
         "flops_per_step_G": round(flops / 1e9, 1),
         "nominal_flops_per_step_G": round(nominal / 1e9, 1),
         "achieved_GFLOPs": round(achieved, 1),
-        "lightly_achieved_GFLOPs": round(nominal / theirs_s / 1e9, 1),
+        "lightly_achieved_GFLOPs": round(nominal / med["lightly"] / 1e9, 1),
         "peak_GFLOPs": round(peak, 1),
         "fraction_of_peak": round(achieved / peak, 2),
     }
@@ -491,6 +571,20 @@ def _memory_target(part: str) -> None:
         step()
 
 
+def cpu_kind() -> tuple[str, str]:
+    """This CPU's kind for the record's name: AMX (bf16 matrix tiles), AVX-512 BF16 without AMX
+    (bf16 dot products in vector registers, several times slower than AMX), or neither."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    if "amx_bf16" in flags:
+        return "amx", "AMX (bf16 matrix tiles)"
+    if "avx512_bf16" in flags:
+        return "avx512", "AVX-512 BF16 (no AMX)"
+    return "avx2", "AVX2 (no bf16 instructions)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
@@ -500,18 +594,26 @@ def main() -> None:
         help="parts: peak sinkhorn multicrop conv resnet18 resnet50 contention",
     )
     ap.add_argument("--memory", action="store_true", help="also measure peak memory per side")
-    ap.add_argument("--out", default=None, help="default: results/perf_amx.json or _avx2.json")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # a SideProcess
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="default: results/perf_amx.json, perf_avx512.json or perf_avx2.json (by CPU kind)",
+    )
     args = ap.parse_args()
+    if args.worker:
+        step_worker(args.worker)
+        return
     parts = args.only or ["peak", "sinkhorn", "multicrop", "conv", "resnet18", "resnet50"]
-    native_bf16 = cpu_supports_bf16()
-    out_path = Path(args.out or HERE / "results" / f"perf_{'amx' if native_bf16 else 'avx2'}.json")
+    kind, kind_words = cpu_kind()
+    out_path = Path(args.out or HERE / "results" / f"perf_{kind}.json")
     record = json.loads(out_path.read_text()) if out_path.exists() else {}
     record["machine"] = {
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "bf16_instructions": "AMX / AVX-512 BF16" if native_bf16 else "AVX2 (no bf16 instructions)",
+        "bf16_instructions": kind_words,
     }
     if "peak" in parts or "peak" not in record:
         record["peak"] = {

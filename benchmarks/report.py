@@ -327,6 +327,12 @@ def perf_section(p: dict) -> list[str]:
                 notes += (
                     f"; ratio per round {min(rounds)}x to {max(rounds)}x over {len(rounds)} rounds"
                 )
+            if "lightly_kept_images_per_s" in r:
+                notes += (
+                    "; each side in its own process; lightly with our freed-memory setting "
+                    f"{r['lightly_kept_images_per_s']} images/s, ours "
+                    f"{r['speedup_vs_lightly_kept']}x that"
+                )
             label, peer = (
                 f"training step {r['arch']} (images/s)",
                 f"lightly {r['lightly_images_per_s']}",

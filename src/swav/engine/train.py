@@ -36,6 +36,7 @@ from swav.engine.distributed import (
     shutdown,
 )
 from swav.engine.health import Collapse
+from swav.engine.host_memory import freed_memory_kept
 from swav.engine.method import Method, method_of
 from swav.engine.optim import set_lr
 from swav.engine.recovery import Adjustments
@@ -229,7 +230,8 @@ def _train_in(
 
     # -- the epochs
     try:
-        interrupted = _train_epochs(t, options.stop_after_epoch)
+        with freed_memory_kept(device.type == "cpu" and cfg.train.keep_freed_memory):
+            interrupted = _train_epochs(t, options.stop_after_epoch)
     except BaseException:
         t.logger.close()  # the progress bar ends its line before any error is shown
         raise
