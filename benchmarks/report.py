@@ -308,7 +308,7 @@ def perf_section(p: dict) -> list[str]:
         "",
         f"Machine: {m['cpu']}, {m['threads']} threads, {m['cpu_capability']}, "
         f"torch {m['torch']}. Matmul peak: fp32 {peak['fp32']} GFLOP/s, "
-        f"bf16 {peak['bf16']} GFLOP/s{emulated}.",
+        f"bf16 {peak['bf16']} GFLOP/s{emulated}." + (f" {p['note']}" if p.get("note") else ""),
         "",
         "| benchmark | ours | peer | ratio | notes | command |",
         "|---|---|---|---|---|---|",
