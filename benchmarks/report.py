@@ -304,7 +304,7 @@ def perf_section(p: dict) -> list[str]:
     bf16 = m.get("bf16_instructions") or m["cpu_capability"]
     emulated = " (emulated)" if peak["bf16"] < peak["fp32"] else ""
     out = [
-        f"## Speed on {bf16}, side by side in one process (alternating)",
+        f"## Speed on {bf16}, side by side in one run (alternating)",
         "",
         f"Machine: {m['cpu']}, {m['threads']} threads, {m['cpu_capability']}, "
         f"torch {m['torch']}. Matmul peak: fp32 {peak['fp32']} GFLOP/s, "
@@ -399,7 +399,7 @@ def contention_section(c: dict) -> list[str]:
         "budget starts with every core and keeps the count its timed steps found fastest "
         "(`swav.engine.threads`); its trial is timed, and since a run makes one every 10 "
         "minutes at most, its rate over 10 minutes is the trial's images plus the kept "
-        "count's rate for the rest.",
+        "count's rate for the rest." + (f" {c['peer_note']}" if c.get("peer_note") else ""),
         "",
         f"| busy processes | default: trial (s) | default: kept | default over 10 min | {head} "
         f"| best fixed / default | {peer} | default / lightly's default |",
@@ -440,9 +440,9 @@ def main() -> None:
     out = [
         "# Recorded benchmark results",
         "",
-        "Produced by the commands below on 2-core CPU machines; each section names its CPU "
-        "(the side-by-side speed figures: AMD EPYC, AVX2, no bf16 instructions, so fp32; the "
-        "quality and data figures: AVX-512 BF16 / AMX, bf16). Regenerate this page with "
+        "Produced by the commands below on 2-core CPU machines of three kinds: AVX2 only "
+        "(fp32), AVX-512 BF16 without AMX (bf16) and AMX (bf16). Each speed section names its "
+        "kind and each quality record its CPU. Regenerate this page with "
         "`python benchmarks/report.py`.",
         "",
     ]
