@@ -577,20 +577,6 @@ def _memory_target(part: str) -> None:
         step()
 
 
-def cpu_kind() -> tuple[str, str]:
-    """This CPU's kind for the record's name: AMX (bf16 matrix tiles), AVX-512 BF16 without AMX
-    (bf16 dot products in vector registers, several times slower than AMX), or neither."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
-    if "amx_bf16" in flags:
-        return "amx", "AMX (bf16 matrix tiles)"
-    if "avx512_bf16" in flags:
-        return "avx512", "AVX-512 BF16 (no AMX)"
-    return "avx2", "AVX2 (no bf16 instructions)"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
@@ -611,6 +597,8 @@ def main() -> None:
         step_worker(args.worker)
         return
     parts = args.only or ["peak", "sinkhorn", "multicrop", "conv", "resnet18", "resnet50"]
+    from swav.engine.runtime import cpu_kind
+
     kind, kind_words = cpu_kind()
     out_path = Path(args.out or HERE / "results" / f"perf_{kind}.json")
     record = json.loads(out_path.read_text()) if out_path.exists() else {}

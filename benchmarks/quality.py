@@ -38,7 +38,7 @@ from swav.demo import heldout_features
 from swav.engine.checkpoint import safe_load
 from swav.engine.recipe import suggest_recipe
 from swav.engine.run_dir import RunDir
-from swav.engine.runtime import cpu_supports_bf16
+from swav.engine.runtime import cpu_kind
 from swav.eval.clustering import cluster_metrics
 from swav.eval.knn import knn_accuracy
 from swav.eval.linear import linear_probe_features
@@ -300,7 +300,7 @@ def _same_configuration(previous: dict, cfg: Config) -> bool:
 
 
 def _cpu() -> str:
-    return "AMX / AVX-512 BF16" if cpu_supports_bf16() else "AVX2"
+    return cpu_kind()[1]
 
 
 if __name__ == "__main__":

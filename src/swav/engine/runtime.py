@@ -52,6 +52,21 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_kind() -> tuple[str, str]:
+    """This CPU's kind, as a short key and in words: AMX (bf16 matrix tiles), AVX-512 BF16
+    without AMX (bf16 dot products in vector registers, several times slower than AMX), or
+    neither (bf16 emulated, so training runs in fp32). Benchmarks record it."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    if "amx_bf16" in flags:
+        return "amx", "AMX (bf16 matrix tiles)"
+    if "avx512_bf16" in flags:
+        return "avx512", "AVX-512 BF16 (no AMX)"
+    return "avx2", "AVX2 (no bf16 instructions)"
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for fp32."""
     if precision == "fp32":
