@@ -360,6 +360,8 @@ def perf_section(p: dict) -> list[str]:
     out.append("")
     if "contention" in p:
         out += contention_section(p["contention"])
+    if "contention" in p and "contention_omp_passive" in p:
+        out += passive_line(p["contention"], p["contention_omp_passive"])
     if "conv" in p:
         r = p["conv"]
         out += [
@@ -378,6 +380,22 @@ def perf_section(p: dict) -> list[str]:
             )
         out.append("")
     return out
+
+
+def passive_line(spin: dict, passive: dict) -> list[str]:
+    """The same comparison with OpenMP threads that sleep instead of spinning while they wait."""
+    loads = [k for k in spin["loads"] if k in passive["loads"]]
+    rates = "; ".join(
+        f"{k.split('_')[0]} busy: {passive['loads'][k]['ours_default_10min']} against "
+        f"{spin['loads'][k]['ours_default_10min']}"
+        for k in loads
+    )
+    return [
+        "OpenMP's wait policy: the same run with `OMP_WAIT_POLICY=PASSIVE` (threads sleep "
+        "instead of spinning while they wait; `" + passive["command"] + "`), the default "
+        f"budget's images/s over 10 minutes against the default (spinning) policy: {rates}.",
+        "",
+    ]
 
 
 def contention_section(c: dict) -> list[str]:
